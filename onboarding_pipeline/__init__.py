@@ -1,0 +1,1 @@
+"""onboarding-pipeline: Dagster assets from product events to onboarding decisions."""

@@ -1,0 +1,30 @@
+"""Assets of every domain wired to the shared resources, for any `Settings`."""
+
+from __future__ import annotations
+
+from dagster import Definitions, in_process_executor, multiprocess_executor
+
+from onboarding_pipeline.config import load_config
+from onboarding_pipeline.ingestion.assets import build_raw_events, raw_users
+from onboarding_pipeline.ingestion.sources import FileSource
+from onboarding_pipeline.modeling.assets import build_sessions
+from onboarding_pipeline.partitions import daily_partitions
+from onboarding_pipeline.resources import ProductConfigResource
+from onboarding_pipeline.settings import Settings
+from onboarding_pipeline.warehouse import WarehouseResource
+
+
+def build_definitions(settings: Settings) -> Definitions:
+    config = load_config(settings.config_path)
+    partitions = daily_partitions(config)
+    warehouse = WarehouseResource(url=settings.warehouse_url)
+    return Definitions(
+        assets=[raw_users, build_raw_events(partitions), build_sessions(partitions)],
+        resources={
+            "warehouse": warehouse,
+            "source": FileSource(data_dir=str(settings.data_dir)),
+            "product_config": ProductConfigResource(path=str(settings.config_path)),
+        },
+        # An embedded DuckDB file takes one writer at a time: run steps in one process.
+        executor=in_process_executor if warehouse.engine == "duckdb" else multiprocess_executor,
+    )

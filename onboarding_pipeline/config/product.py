@@ -1,0 +1,147 @@
+"""`onboarding.yaml`: every product-specific choice in one validated file.
+
+Only `aha_events` is required; everything else has a default. Unknown keys are errors so a
+typo (`activation_window_day`) cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+USER_COLUMNS = (
+    "user_id",
+    "signup_at",
+    "account_id",
+    "email",
+    "first_name",
+    "job_title",
+    "role",
+    "company",
+    "company_size",
+    "plan",
+    "use_case",
+    "tech_savvy",
+)
+EVENT_COLUMNS = (
+    "event_id",
+    "user_id",
+    "event_name",
+    "timestamp",
+    "account_id",
+    "session_id",
+    "properties",
+)
+
+
+class ConfigError(ValueError):
+    """An invalid `onboarding.yaml`; the message names the file, the key and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnMapping(_Strict):
+    """Input column name -> contract column name, e.g. `{clientId: user_id, event: event_name}`."""
+
+    users: dict[str, str] = Field(default_factory=dict)
+    events: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _targets_are_contract_columns(self) -> ColumnMapping:
+        for kind, mapping, allowed in (
+            ("users", self.users, USER_COLUMNS),
+            ("events", self.events, EVENT_COLUMNS),
+        ):
+            for source, target in mapping.items():
+                if target not in allowed:
+                    raise ValueError(
+                        f"{kind}.{source} maps to {target!r}, which is not a contract column "
+                        f"(expected one of {', '.join(allowed)})"
+                    )
+            targets = list(mapping.values())
+            duplicated = {t for t in targets if targets.count(t) > 1}
+            if duplicated:
+                raise ValueError(f"{kind}: several columns map to {sorted(duplicated)}")
+        return self
+
+
+class IngestionRules(_Strict):
+    """What counts as a bad row."""
+
+    # Events stamped later than the ingestion clock (or `as_of`) plus this are rejected.
+    future_tolerance_hours: float = Field(default=24.0, ge=0)
+    # Events this long before the user's signup are rejected; a little earlier is normal
+    # (anonymous activity merged into the account at signup).
+    pre_signup_tolerance_hours: float = Field(default=24.0, ge=0)
+    # The blocking check fails when more than this share of event rows is quarantined.
+    max_quarantine_share: float = Field(default=0.05, ge=0, le=1)
+
+
+class ProductConfig(_Strict):
+    """Validated contents of `onboarding.yaml`."""
+
+    aha_events: list[str] = Field(min_length=1)
+    activation_window_days: int = Field(default=14, ge=1, le=365)
+    observation_hours: int = Field(default=72, ge=1, le=24 * 60)
+    # Sessions are rebuilt per daily partition with one day of context either side, so the
+    # inactivity gap must stay below a day.
+    session_timeout_minutes: int = Field(default=30, ge=1, le=24 * 60 - 1)
+    funnel_steps: list[str] = Field(default_factory=list)
+    # First day of the daily partitions of `raw_events` and `sessions`.
+    partitions_start_date: date = date(2024, 1, 1)
+    # Fixed "now" for replays; by default now is the data's watermark (latest accepted event).
+    as_of: datetime | None = None
+    column_mapping: ColumnMapping = Field(default_factory=ColumnMapping)
+    ingestion: IngestionRules = Field(default_factory=IngestionRules)
+    # Sections that later stages fill; kept as plain mappings until those stages validate them.
+    segments: dict[str, Any] = Field(default_factory=dict)
+    paths: dict[str, Any] = Field(default_factory=dict)
+    health: dict[str, Any] = Field(default_factory=dict)
+    interventions: dict[str, Any] = Field(default_factory=dict)
+    report: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("aha_events", "funnel_steps")
+    @classmethod
+    def _names_are_unique_and_non_empty(cls, names: list[str]) -> list[str]:
+        if any(not name.strip() for name in names):
+            raise ValueError("event names must not be empty")
+        if len(set(names)) != len(names):
+            raise ValueError("event names must be unique")
+        return names
+
+    @field_validator("as_of")
+    @classmethod
+    def _as_of_is_aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("as_of needs a time zone, e.g. 2026-11-01T00:00:00Z")
+        return value
+
+
+def load_config(path: str | Path) -> ProductConfig:
+    """Read and validate `onboarding.yaml`, raising `ConfigError` that names file, key and problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file: {error.strerror or error}") from error
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        return ProductConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+            problems.append(f"{path}: {key}: {message}")
+        raise ConfigError("\n".join(problems)) from None

@@ -1,0 +1,64 @@
+"""Event sources. `FileSource` reads a data directory; connectors land the same shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from onboarding_pipeline.ingestion.readers import (
+    SUPPORTED_SUFFIXES,
+    InputError,
+    StagedFile,
+    read_file,
+)
+
+USERS_REQUIRED = ("user_id", "signup_at")
+EVENTS_REQUIRED = ("user_id", "event_name", "timestamp")
+
+
+class FileSource(ConfigurableResource):
+    """A data directory: `users.<csv|parquet|jsonl>` and `events*.<csv|parquet|jsonl>`.
+
+    More event files may sit in an `events/` folder; every file is read on each run and the
+    event ids make re-reading harmless, so adding a file adds only its new rows.
+    """
+
+    data_dir: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_dir)
+
+    def users_files(self) -> list[Path]:
+        found = [self.root / f"users{suffix}" for suffix in SUPPORTED_SUFFIXES]
+        found = [path for path in found if path.is_file()]
+        if not found:
+            raise InputError(
+                f"{self.root}: no users file (expected users.csv, users.parquet or users.jsonl); "
+                "set ONBOARDING_DATA_DIR to the directory that holds your export"
+            )
+        return found
+
+    def events_files(self) -> list[Path]:
+        candidates = [*self.root.glob("events*"), *(self.root / "events").glob("**/*")]
+        found = sorted(
+            path
+            for path in candidates
+            if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES
+        )
+        if not found:
+            raise InputError(
+                f"{self.root}: no events file (expected events.csv, events.parquet, events.jsonl "
+                "or files in events/)"
+            )
+        return found
+
+    def read_users(self, mapping: dict[str, str]) -> list[StagedFile]:
+        return [self._read(path, mapping, USERS_REQUIRED) for path in self.users_files()]
+
+    def read_events(self, mapping: dict[str, str]) -> list[StagedFile]:
+        return [self._read(path, mapping, EVENTS_REQUIRED) for path in self.events_files()]
+
+    def _read(self, path: Path, mapping: dict[str, str], required: tuple[str, ...]) -> StagedFile:
+        return read_file(path, mapping, required, source=str(path.relative_to(self.root)))

@@ -1,0 +1,177 @@
+"""Row validation as warehouse expressions: each staged row gets a reason (or none).
+
+Reasons are stable codes that the quarantine table, the docs and the tests share. The first
+failing rule wins, in the order listed, so every rejected row carries exactly one reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import ibis
+import ibis.expr.types as ir
+
+from onboarding_pipeline.warehouse.tables import UTC_TIMESTAMP
+
+USER_REASONS = (
+    "malformed_row",
+    "missing_user_id",
+    "missing_signup_at",
+    "unparseable_signup_at",
+    "conflicting_duplicate_user",
+)
+EVENT_REASONS = (
+    "malformed_row",
+    "missing_user_id",
+    "missing_event_name",
+    "missing_timestamp",
+    "unparseable_timestamp",
+    "invalid_properties",
+    "unknown_user",
+    "future_timestamp",
+    "before_signup",
+    "before_partitions_start",
+)
+
+_SEPARATOR = "\x1f"  # unit separator: cannot collide with text in a content hash
+
+
+@ibis.udf.scalar.builtin
+def md5(value: str) -> str:  # type: ignore[empty-body]
+    """The engine's own md5 (hex text in DuckDB and PostgreSQL alike)."""
+
+
+def blank_to_null(value: ir.StringValue) -> ir.StringValue:
+    return ibis.ifelse(value.strip() == "", ibis.null(), value)
+
+
+def parse_timestamp(value: ir.StringValue) -> ir.TimestampValue:
+    """ISO-8601 text to a UTC timestamp: `Z` and offsets honoured, naive read as UTC."""
+    return value.try_cast(UTC_TIMESTAMP)
+
+
+def content_hash(*values: ir.StringValue) -> ir.StringValue:
+    return md5(ibis.literal(_SEPARATOR).join([v.fill_null("") for v in values]))
+
+
+def classify_users(staged: ir.Table) -> ir.Table:
+    """Staged users with `signup_at` parsed and `reason`/`field` set on rejected rows.
+
+    A repeated user_id with identical content is a duplicate (counted, not quarantined); with
+    different content it is a conflict, and the first row (by file, then row) wins.
+    """
+    user_id = blank_to_null(staged.user_id)
+    signup_text = blank_to_null(staged.signup_at)
+    signup_at = parse_timestamp(signup_text)
+    rows = staged.mutate(user_id=user_id, signup_at=signup_at, _signup_text=signup_text)
+    first_rule = ibis.cases(
+        (rows.user_id.isnull(), "missing_user_id"),
+        (rows._signup_text.isnull(), "missing_signup_at"),
+        (rows.signup_at.isnull(), "unparseable_signup_at"),
+        else_=ibis.null(),
+    )
+    rows = rows.mutate(reason=first_rule)
+    content_columns = [
+        c for c in rows.columns if c not in {"source", "row_number", "reason", "signup_at"}
+    ]
+    rows = rows.mutate(_content=content_hash(*[rows[c].cast("string") for c in content_columns]))
+    order = ibis.window(
+        group_by=[rows.user_id, rows.reason.isnull()], order_by=["source", "row_number"]
+    )
+    rows = rows.mutate(
+        _rank=ibis.row_number().over(order), _first_content=rows._content.first().over(order)
+    )
+    repeated = rows.reason.isnull() & (rows._rank > 0)
+    rows = rows.mutate(
+        is_duplicate=repeated & (rows._content == rows._first_content),
+        reason=ibis.ifelse(
+            repeated & (rows._content != rows._first_content),
+            "conflicting_duplicate_user",
+            rows.reason,
+        ),
+    )
+    field = rows.reason.cases(
+        ("missing_user_id", "user_id"),
+        ("conflicting_duplicate_user", "user_id"),
+        ("missing_signup_at", "signup_at"),
+        ("unparseable_signup_at", "signup_at"),
+        else_=ibis.null(),
+    )
+    return rows.mutate(field=field).drop("_signup_text", "_content", "_rank", "_first_content")
+
+
+def classify_events(
+    staged: ir.Table,
+    users: ir.Table,
+    *,
+    future_limit: datetime,
+    pre_signup_tolerance: timedelta,
+    partitions_start: datetime,
+) -> ir.Table:
+    """Staged events with `timestamp` parsed, `event_id` set, and `reason`/`field` on rejects.
+
+    A missing event_id becomes a content hash of user, event, instant and properties, so
+    re-reading a file gives the same ids and exact duplicates collapse to one row.
+    """
+    timestamp_text = blank_to_null(staged.timestamp)
+    properties = blank_to_null(staged.properties)
+    rows = staged.mutate(
+        user_id=blank_to_null(staged.user_id),
+        event_name=blank_to_null(staged.event_name),
+        session_id=blank_to_null(staged.session_id),
+        account_id=blank_to_null(staged.account_id),
+        properties=properties,
+        timestamp=parse_timestamp(timestamp_text),
+        _timestamp_text=timestamp_text,
+        # Valid JSON that starts with "{" is an object; anything else is not a property bag.
+        _properties_ok=properties.isnull()
+        | (properties.try_cast("json").notnull() & properties.lstrip().startswith("{")),
+    )
+    known = users.select(_signup_at=users.signup_at, _known_user_id=users.user_id)
+    rows = rows.left_join(known, rows.user_id == known._known_user_id)
+    signup_floor = rows._signup_at - ibis.interval(
+        seconds=int(pre_signup_tolerance.total_seconds())
+    )
+    reason = ibis.cases(
+        (rows.user_id.isnull(), "missing_user_id"),
+        (rows.event_name.isnull(), "missing_event_name"),
+        (rows._timestamp_text.isnull(), "missing_timestamp"),
+        (rows.timestamp.isnull(), "unparseable_timestamp"),
+        (~rows._properties_ok, "invalid_properties"),
+        (rows._known_user_id.isnull(), "unknown_user"),
+        (rows.timestamp > ibis.literal(future_limit, UTC_TIMESTAMP), "future_timestamp"),
+        (rows.timestamp < signup_floor, "before_signup"),
+        # No daily partition would hold it; quarantined rather than silently left out.
+        (rows.timestamp < ibis.literal(partitions_start, UTC_TIMESTAMP), "before_partitions_start"),
+        else_=ibis.null(),
+    )
+    field = reason.cases(
+        ("missing_user_id", "user_id"),
+        ("unknown_user", "user_id"),
+        ("missing_event_name", "event_name"),
+        ("invalid_properties", "properties"),
+        ("before_signup", "timestamp"),
+        ("before_partitions_start", "timestamp"),
+        ("future_timestamp", "timestamp"),
+        ("missing_timestamp", "timestamp"),
+        ("unparseable_timestamp", "timestamp"),
+        else_=ibis.null(),
+    )
+    supplied_id = blank_to_null(rows.event_id)
+    derived_id = content_hash(
+        rows.user_id,
+        rows.event_name,
+        rows.timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        rows.properties,
+    )
+    return rows.mutate(
+        event_id=supplied_id.fill_null(derived_id),
+        reason=reason,
+        field=field,
+    ).drop("_timestamp_text", "_properties_ok", "_signup_at", "_known_user_id")
+
+
+def mark_duplicates(accepted: ir.Table) -> ir.Table:
+    """`is_duplicate` on every accepted row but the first (by file, then row) of its event_id."""
+    order = ibis.window(group_by="event_id", order_by=["source", "row_number"])
+    return accepted.mutate(is_duplicate=ibis.row_number().over(order) > 0)

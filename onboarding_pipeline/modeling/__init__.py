@@ -1,0 +1,1 @@
+"""Modelling of accepted events: sessions and, later, per-user features."""

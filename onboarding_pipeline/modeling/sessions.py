@@ -1,0 +1,127 @@
+"""Sessionization inside the warehouse.
+
+A supplied `session_id` is the session (grouped per user, however long its gaps). Events
+without one are split by inactivity: a gap longer than the timeout starts a new session.
+A session belongs to the daily partition of its start; rebuilding one day reads a little
+context either side so results equal a full recompute, even across midnight.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import ibis
+import ibis.expr.types as ir
+
+from onboarding_pipeline.warehouse.resource import WarehouseResource
+from onboarding_pipeline.warehouse.tables import RAW_EVENTS, SESSIONS
+
+
+def inactivity_sessions(events: ir.Table, timeout: timedelta) -> ir.Table:
+    """Sessions of events without a supplied session id, split at gaps longer than `timeout`."""
+    events = events.filter(events.session_id.isnull())
+    order = ibis.window(group_by="user_id", order_by=["timestamp", "event_id"])
+    previous = events.timestamp.lag().over(order)
+    gap_limit = ibis.interval(seconds=int(timeout.total_seconds()))
+    starts_session = previous.isnull() | (events.timestamp > previous + gap_limit)
+    numbered = events.mutate(_starts=starts_session.cast("int64"))
+    numbered = numbered.mutate(
+        _session_number=numbered._starts.cumsum(
+            group_by="user_id", order_by=["timestamp", "event_id"]
+        )
+    )
+    sessions = numbered.group_by("user_id", "_session_number").agg(
+        session_start=numbered.timestamp.min(),
+        session_end=numbered.timestamp.max(),
+        event_count=numbered.count(),
+    )
+    return sessions.mutate(
+        session_id=sessions.user_id.concat(
+            "#", sessions.session_start.strftime("%Y%m%dT%H%M%S.%fZ")
+        ),
+        session_id_source=ibis.literal("inactivity"),
+    ).drop("_session_number")
+
+
+def supplied_sessions(events: ir.Table) -> ir.Table:
+    """Sessions whose id came with the input."""
+    events = events.filter(events.session_id.notnull())
+    return events.group_by("user_id", "session_id").agg(
+        session_start=events.timestamp.min(),
+        session_end=events.timestamp.max(),
+        event_count=events.count(),
+        session_id_source=ibis.literal("input"),
+    )
+
+
+def with_duration(sessions: ir.Table) -> ir.Table:
+    milliseconds = sessions.session_end.delta(sessions.session_start, unit="millisecond")
+    sessions = sessions.mutate(duration_seconds=milliseconds.cast("float64") / 1000)
+    return sessions.select(*SESSIONS.schema.names).cast(SESSIONS.schema)
+
+
+def sessions_starting_between(
+    events: ir.Table, timeout: timedelta, start: datetime, end: datetime, right_edge: datetime
+) -> ir.Table:
+    """Sessions that start in `[start, end)`, reading events in `[start - timeout, right_edge)`.
+
+    Events before `start - timeout` cannot join a session that starts at or after `start`, so
+    that much look-back decides every start exactly. `right_edge` must lie past the end of
+    every session that starts in the range (see `write_sessions`).
+    """
+    window = events.filter((events.timestamp >= start - timeout) & (events.timestamp < right_edge))
+    inferred = inactivity_sessions(window, timeout)
+    inferred = inferred.filter((inferred.session_start >= start) & (inferred.session_start < end))
+
+    # A supplied id may span days: collect every event of the ids first seen in the range.
+    supplied_keys = (
+        events.filter(
+            events.session_id.notnull() & (events.timestamp >= start) & (events.timestamp < end)
+        )
+        .select("user_id", "session_id")
+        .distinct()
+    )
+    supplied = supplied_sessions(events.semi_join(supplied_keys, ["user_id", "session_id"]))
+    supplied = supplied.filter((supplied.session_start >= start) & (supplied.session_start < end))
+    return with_duration(inferred).union(with_duration(supplied))
+
+
+def write_sessions(
+    warehouse: WarehouseResource, timeout: timedelta, start: datetime, end: datetime
+) -> int:
+    """Rebuild the sessions that start in `[start, end)`; returns how many were written."""
+    events = warehouse.table(RAW_EVENTS.name)
+    latest = warehouse.execute(events.timestamp.max())
+    horizon = timedelta(days=1)
+    while True:
+        right_edge = end + horizon
+        sessions = sessions_starting_between(events, timeout, start, end, right_edge)
+        # A session still running at the right edge may go on past it: widen and redo.
+        open_at_edge = sessions.filter(sessions.session_end + _interval(timeout) >= right_edge)
+        if latest is None or right_edge > latest or warehouse.execute(open_at_edge.count()) == 0:
+            break
+        horizon *= 2
+    table = warehouse.connect().create_table("_sessions_range", sessions, temp=True, overwrite=True)
+    warehouse.replace_range(SESSIONS.name, table, "session_start", start, end)
+    return int(warehouse.execute(table.count()))
+
+
+def _interval(delta: timedelta) -> ir.IntervalScalar:
+    return ibis.interval(seconds=int(delta.total_seconds()))
+
+
+def session_violations(
+    warehouse: WarehouseResource, start: datetime, end: datetime
+) -> dict[str, int]:
+    """Sessions in the range that end before they start, are empty, or repeat an id."""
+    sessions = warehouse.table(SESSIONS.name)
+    sessions = sessions.filter((sessions.session_start >= start) & (sessions.session_start < end))
+    found = warehouse.execute(
+        sessions.aggregate(
+            ends_before_start=(sessions.session_end < sessions.session_start).sum(),
+            empty=(sessions.event_count < 1).sum(),
+            repeated_id=sessions.count()
+            - sessions.user_id.concat("\x1f", sessions.session_id).nunique(),
+        )
+    ).iloc[0]
+    return {name: int(value) for name, value in found.items() if value}

@@ -1,0 +1,183 @@
+"""Materialize the whole asset graph in process, asset by asset, over every partition."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster import DagsterInstance, Definitions, TimeWindowPartitionsDefinition
+
+from onboarding_pipeline.code_location import build_definitions
+from onboarding_pipeline.config import load_config
+from onboarding_pipeline.ingestion.load import event_date_span
+from onboarding_pipeline.ingestion.sources import FileSource
+from onboarding_pipeline.settings import Settings
+from onboarding_pipeline.warehouse import WarehouseResource
+from onboarding_pipeline.warehouse.tables import QUARANTINE, RAW_EVENTS, RAW_USERS, SESSIONS
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+_INSTANCE_YAML = """\
+# Local Dagster instance of `onboarding-pipeline run` and `dagster dev` (SQLite).
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+# Progress lines come from this module; Dagster's own console log would drown them.
+_QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+class PipelineFailed(RuntimeError):
+    """A step failed or a blocking check stopped the run."""
+
+
+@dataclass
+class RunSummary:
+    settings: Settings
+    dagster_home: Path
+    partition_range: tuple[str, str] | None
+    users: int = 0
+    events: int = 0
+    sessions: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        quarantined = sum(self.quarantined_by_reason.values())
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.quarantined_by_reason.items()))
+        span = (
+            f"{self.partition_range[0]}..{self.partition_range[1]}" if self.partition_range else "-"
+        )
+        return [
+            f"Done in {self.seconds:.1f} s over partitions {span}.",
+            f"  users ingested:     {self.users}",
+            f"  events ingested:    {self.events}",
+            f"  rows quarantined:   {quarantined}" + (f" ({reasons})" if reasons else ""),
+            f"  sessions:           {self.sessions}",
+            "Outputs:",
+            f"  warehouse:          {self.settings.warehouse_url} (schema onboarding)",
+            "  tables:             onboarding.raw_users, raw_events, quarantine, sessions",
+            f"  output directory:   {self.settings.output_dir}",
+            f"  Dagster run history: DAGSTER_HOME={self.dagster_home}",
+        ]
+
+
+def local_instance(output_dir: Path) -> tuple[DagsterInstance, Path]:
+    """`$DAGSTER_HOME` if set, else a SQLite instance under the output directory."""
+    if os.environ.get("DAGSTER_HOME"):
+        home = Path(os.environ["DAGSTER_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        return DagsterInstance.get(), home
+    home = output_dir / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(_INSTANCE_YAML)
+    return DagsterInstance.from_config(str(home)), home
+
+
+def data_partition_range(settings: Settings, defs: Definitions) -> tuple[str, str] | None:
+    """The daily partitions the input's events span, within the configured partitions."""
+    keys = _partition_keys(defs)
+    if not keys:
+        return None
+    config = load_config(settings.config_path)
+    files = FileSource(data_dir=str(settings.data_dir)).read_events(config.column_mapping.events)
+    span = event_date_span(files, config)
+    if span is None:
+        return keys[0], keys[0]
+    first, last = max(span[0].isoformat(), keys[0]), min(span[1].isoformat(), keys[-1])
+    return (first, last) if first <= last else (keys[0], keys[0])
+
+
+def _partition_keys(defs: Definitions) -> list[str]:
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        partitions = defs.resolve_assets_def(key).partitions_def
+        if isinstance(partitions, TimeWindowPartitionsDefinition):
+            return list(partitions.get_partition_keys())
+    return []
+
+
+def run_pipeline(
+    settings: Settings,
+    *,
+    partition_range: tuple[str, str] | None = None,
+    echo: Callable[[str], None] = print,
+) -> RunSummary:
+    """Materialize every asset in dependency order; raise `PipelineFailed` on the first failure."""
+    started = time.monotonic()
+    settings.export()
+    defs = build_definitions(settings)
+    instance, home = local_instance(settings.output_dir)
+    span = partition_range or data_partition_range(settings, defs)
+    job = defs.resolve_implicit_global_asset_job_def()
+    keys = list(defs.resolve_asset_graph().toposorted_asset_keys)
+    try:
+        for index, key in enumerate(keys, start=1):
+            partitioned = defs.resolve_assets_def(key).partitions_def is not None
+            tags = (
+                {RANGE_START_TAG: span[0], RANGE_END_TAG: span[1]} if partitioned and span else {}
+            )
+            label = key.to_user_string()
+            scope = f" ({tags[RANGE_START_TAG]}..{tags[RANGE_END_TAG]})" if tags else ""
+            echo(f"[{index}/{len(keys)}] {label}{scope} ...")
+            step_started = time.monotonic()
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=[key],
+                tags=tags,
+                raise_on_error=False,
+                run_config=_QUIET_CONSOLE,
+            )
+            if not result.success:
+                raise PipelineFailed(f"{label} failed:\n" + _failure_text(result))
+            echo(f"      done in {time.monotonic() - step_started:.1f} s")
+    finally:
+        instance.dispose()
+    summary = summarize(settings, home, span)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def summarize(settings: Settings, home: Path, span: tuple[str, str] | None) -> RunSummary:
+    warehouse = WarehouseResource(url=settings.warehouse_url)
+    try:
+        quarantine = warehouse.table(QUARANTINE.name)
+        reasons = warehouse.execute(quarantine.group_by("reason").agg(rows=quarantine.count()))
+        return RunSummary(
+            settings=settings,
+            dagster_home=home,
+            partition_range=span,
+            users=int(warehouse.execute(warehouse.table(RAW_USERS.name).count())),
+            events=int(warehouse.execute(warehouse.table(RAW_EVENTS.name).count())),
+            sessions=int(warehouse.execute(warehouse.table(SESSIONS.name).count())),
+            quarantined_by_reason={row.reason: int(row.rows) for row in reasons.itertuples()},
+        )
+    finally:
+        warehouse.close()
+
+
+def _failure_text(result: object) -> str:
+    lines = []
+    for event in result.all_events:  # type: ignore[attr-defined]
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            # Dagster wraps the real exception; its cause names the file, row or setting.
+            while error.cause is not None:
+                error = error.cause
+            lines.append(error.message.strip())
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                lines.append(
+                    f"check {evaluation.check_name} failed: {evaluation.description or ''} "
+                    f"{ {k: v.value for k, v in evaluation.metadata.items()} }"
+                )
+    return "\n".join(lines) or "see the Dagster run log"

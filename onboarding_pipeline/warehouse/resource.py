@@ -1,0 +1,168 @@
+"""`WarehouseResource`: one Ibis connection to DuckDB (embedded default) or PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+import sqlglot as sg
+import sqlglot.expressions as sge
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import PrivateAttr
+
+from onboarding_pipeline.warehouse.tables import TABLES, TableSpec
+
+_LOCK_RETRY_SECONDS = 30.0
+
+
+class WarehouseResource(ConfigurableResource):
+    """Where every table of schema `onboarding` lives.
+
+    `url` is `duckdb:///path/to/file.duckdb` or `postgresql://user@host:port/db`.
+    """
+
+    url: str
+    schema_name: str = "onboarding"
+
+    _backend: Any = PrivateAttr(default=None)
+
+    @property
+    def engine(self) -> str:
+        return urlparse(self.url).scheme.split("+")[0]
+
+    def connect(self) -> Any:
+        """The Ibis backend, created once per resource instance, with every table in place."""
+        if self._backend is None:
+            self._backend = self._open()
+            with contextlib.suppress(Exception):
+                self._backend.create_database(self.schema_name, force=True)
+            for spec in TABLES.values():
+                self.ensure_table(spec)
+        return self._backend
+
+    def _open(self) -> Any:
+        if self.engine == "duckdb":
+            path = Path(urlparse(self.url).path) if self.url != "duckdb://" else None
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            deadline = time.monotonic() + _LOCK_RETRY_SECONDS
+            # DuckDB lets one process write a file at a time: wait for a concurrent step.
+            while True:
+                try:
+                    return ibis.duckdb.connect(str(path) if path else ":memory:")
+                except Exception as error:
+                    if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+        if self.engine == "postgresql":
+            return ibis.connect(self.url.replace("postgresql+psycopg://", "postgresql://"))
+        raise ValueError(
+            f"ONBOARDING_WAREHOUSE_URL: unsupported scheme {self.engine!r}; "
+            "use duckdb:///path/file.duckdb or postgresql://user@host:port/db"
+        )
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.disconnect()
+            self._backend = None
+
+    def ensure_table(self, spec: TableSpec) -> None:
+        con = self._backend
+        if spec.name not in con.list_tables(database=self.schema_name):
+            con.create_table(spec.name, schema=spec.schema, database=self.schema_name)
+
+    def table(self, name: str) -> ir.Table:
+        return self.connect().table(name, database=self.schema_name)
+
+    def execute(self, expr: ir.Expr) -> Any:
+        return self.connect().execute(expr)
+
+    def to_pyarrow(self, expr: ir.Expr) -> pa.Table:
+        return self.connect().to_pyarrow(expr)
+
+    def stage(self, name: str, data: pa.Table) -> ir.Table:
+        """A temporary table holding `data` for in-warehouse processing in this session."""
+        return self.connect().create_table(name, data, temp=True, overwrite=True)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        con = self.connect()
+        if self.engine == "postgresql":
+            with con.con.transaction():
+                yield
+            return
+        con.raw_sql(sge.Transaction())
+        try:
+            yield
+        except BaseException:
+            con.raw_sql(sge.Rollback())
+            raise
+        con.raw_sql(sge.Commit())
+
+    def replace_all(self, name: str, rows: ir.Table | pa.Table) -> None:
+        """Make `rows` the whole content of table `name`, atomically."""
+        with self.transaction():
+            self._delete(name, None)
+            self._insert(name, rows)
+
+    def replace_range(
+        self, name: str, rows: ir.Table | pa.Table, column: str, start: datetime, end: datetime
+    ) -> None:
+        """Idempotent partition write: delete `start <= column < end`, insert `rows`, atomically."""
+        with self.transaction():
+            self._delete(name, _in_range(column, start, end))
+            self._insert(name, rows)
+
+    def replace_where_equal(
+        self, name: str, rows: ir.Table | pa.Table, column: str, value: str
+    ) -> None:
+        """Delete the rows whose `column` equals `value`, insert `rows`, atomically."""
+        condition = sge.EQ(
+            this=sg.column(column, quoted=True), expression=sge.Literal.string(value)
+        )
+        with self.transaction():
+            self._delete(name, condition)
+            self._insert(name, rows)
+
+    def _delete(self, name: str, condition: sge.Expression | None) -> None:
+        statement = sge.Delete(this=sg.table(name, db=self.schema_name, quoted=True))
+        if condition is not None:
+            statement = statement.where(condition)
+        self.connect().raw_sql(statement)
+
+    def _insert(self, name: str, rows: ir.Table | pa.Table) -> None:
+        columns = list(TABLES[name].schema.names) if name in TABLES else None
+        if isinstance(rows, pa.Table):
+            if rows.num_rows == 0:
+                return
+            rows = ibis.memtable(rows)
+        if columns is not None:
+            rows = rows.select(*columns)
+        self.connect().insert(name, rows, database=self.schema_name)
+
+
+def _in_range(column: str, start: datetime, end: datetime) -> sge.Expression:
+    """`start <= column < end` as a sqlglot tree: values are typed literals, never pasted text."""
+    ident = sg.column(column, quoted=True)
+    return sge.and_(
+        sge.GTE(this=ident, expression=_timestamp_literal(start)),
+        sge.LT(this=ident, expression=_timestamp_literal(end)),
+    )
+
+
+def _timestamp_literal(value: datetime) -> sge.Expression:
+    return sge.Cast(
+        this=sge.Literal.string(value.isoformat()),
+        to=sge.DataType.build("TIMESTAMPTZ"),
+    )
