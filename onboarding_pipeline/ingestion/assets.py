@@ -1,8 +1,8 @@
 """Ingestion assets: `raw_users` and daily-partitioned `raw_events`, with inline checks."""
 
 from collections.abc import Iterator
-from typing import Any
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from dagster import (
     AssetCheckResult,
