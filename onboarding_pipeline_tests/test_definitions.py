@@ -68,7 +68,13 @@ def test_definitions_validate_with_the_dagster_cli(tmp_path: Path) -> None:
         "DAGSTER_HOME": str(tmp_path),
     }
     result = subprocess.run(
-        [Path(sys.executable).parent / "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        [
+            Path(sys.executable).parent / "dagster",
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
         cwd=Path(__file__).parents[1],
         env=env,
         capture_output=True,
