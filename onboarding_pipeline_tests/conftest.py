@@ -42,10 +42,10 @@ def ingest_all(
 ):  # type: ignore[no-untyped-def]
     """Ingest users and events of `data_dir` over `window`; returns both reports."""
     source = FileSource(data_dir=str(data_dir))
-    users = ingest_users(warehouse, source.read_users(config.column_mapping.users), config)
+    users = ingest_users(warehouse, source, config)
     events = ingest_events(
         warehouse,
-        source.read_events(config.column_mapping.events),
+        source,
         config,
         window[0],
         window[1],

@@ -75,7 +75,7 @@ def raw_users(
     conflict and the first row wins.
     """
     config = product_config.load()
-    report = ingest_users(warehouse, source.read_users(config.column_mapping.users), config)
+    report = ingest_users(warehouse, source, config)
     context.log.info(f"users: {report.accepted} accepted, {report.quarantined} quarantined")
     yield MaterializeResult(
         metadata={
@@ -119,8 +119,7 @@ def build_raw_events(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
         config = product_config.load()
         window = context.partition_time_window
         clock = datetime.now(UTC)
-        files = source.read_events(config.column_mapping.events)
-        report = ingest_events(warehouse, files, config, window.start, window.end, clock=clock)
+        report = ingest_events(warehouse, source, config, window.start, window.end, clock=clock)
         context.log.info(
             f"events {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: wrote {report.rows_written}; "
             f"files: read {report.rows_read}, quarantined {report.quarantined}, "

@@ -1,8 +1,8 @@
 """Read input files into string-typed Arrow tables without losing a row.
 
 Every row leaves here either as a staged row (all values as text, plus `source` and
-`row_number`) or as a malformed row with the reason. Blank values are left as they are: the
-warehouse treats blank and missing alike when it validates. Row numbers are 1-based data records:
+`row_number`) or as a malformed row with the reason. Blank values become nulls here, so the
+warehouse treats blank and missing alike without trimming every string. Row numbers are 1-based data records:
 the first record after a CSV header is row 1; in JSON Lines the first line is row 1.
 """
 
@@ -43,10 +43,18 @@ class StagedFile:
     source: str
     table: pa.Table  # contract columns (text) + extras + `source`, `row_number`
     malformed: list[MalformedRow] = field(default_factory=list)
+    rows_parsed: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows_parsed = self.table.num_rows
 
     @property
     def rows_read(self) -> int:
-        return self.table.num_rows + len(self.malformed)
+        return self.rows_parsed + len(self.malformed)
+
+    def release(self) -> None:
+        """Drop the rows (keeping the counts) once the warehouse holds them."""
+        self.table = self.table.slice(0, 0)
 
 
 def read_file(
@@ -75,9 +83,10 @@ def read_file(
             f"{', '.join(staged.table.column_names) or 'none'} "
             "(map differently named columns with `column_mapping` in onboarding.yaml)"
         )
+    # Dictionary-encoded: one copy of the file name, not one per row.
     sources = pa.DictionaryArray.from_arrays(
         pa.array(np.zeros(table.num_rows, dtype=np.int32)), pa.array([source])
-    ).cast(pa.string())
+    )
     table = table.append_column("source", sources)
     staged.table = table.append_column("row_number", _row_numbers(table.num_rows, staged.malformed))
     return staged
@@ -107,8 +116,9 @@ def _read_csv(path: Path, source: str) -> StagedFile:
             ),
             convert_options=pa_csv.ConvertOptions(
                 column_types=text_columns,
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
+                # Blank fields become nulls here, at parse speed, not in the warehouse.
+                strings_can_be_null=True,
+                null_values=[""],
             ),
         )
 
@@ -169,7 +179,11 @@ def _as_text(table: pa.Table) -> pa.Table:
             columns.append(pa.array([_to_text(v) for v in column.to_pylist()], pa.string()))
         else:
             columns.append(column.cast(pa.string()))
-    return pa.table(columns, names=table.column_names)
+    blank_to_null = [
+        pc.if_else(pc.equal(pc.utf8_trim_whitespace(c), ""), pa.scalar(None, pa.string()), c)
+        for c in columns
+    ]
+    return pa.table(blank_to_null, names=table.column_names)
 
 
 def _to_text(value: Any) -> str | None:

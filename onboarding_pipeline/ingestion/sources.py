@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from dagster import ConfigurableResource
 
@@ -15,6 +16,14 @@ from onboarding_pipeline.ingestion.readers import (
 
 USERS_REQUIRED = ("user_id", "signup_at")
 EVENTS_REQUIRED = ("user_id", "event_name", "timestamp")
+
+
+class EventSource(Protocol):
+    """What ingestion needs of a source: users and events as text tables with row numbers."""
+
+    def read_users(self, mapping: dict[str, str]) -> list[StagedFile]: ...
+
+    def read_events(self, mapping: dict[str, str]) -> list[StagedFile]: ...
 
 
 class FileSource(ConfigurableResource):

@@ -33,6 +33,7 @@ EVENT_REASONS = (
     "before_partitions_start",
 )
 
+_ROW_KEY = ("source", "row_number")
 _SEPARATOR = "\x1f"  # unit separator: cannot collide with text in a content hash
 
 
@@ -102,76 +103,75 @@ def classify_users(staged: ir.Table) -> ir.Table:
 
 def classify_events(
     staged: ir.Table,
-    users: ir.Table,
     *,
     future_limit: datetime,
     pre_signup_tolerance: timedelta,
     partitions_start: datetime,
 ) -> ir.Table:
-    """Staged events with `timestamp` parsed, `event_id` set, and `reason`/`field` on rejects.
+    """Staged events with `timestamp` parsed, `reason`/`field` on rejects, `event_id` on the
+    valid ones, and `timestamp_text` (the input text) kept for rejects only.
 
-    A missing event_id becomes a content hash of user, event, instant and properties, so
-    re-reading a file gives the same ids and exact duplicates collapse to one row.
+    `staged` carries `_signup_at`, the user's signup (null for an unknown user).
+    Blank input values arrive as nulls (the readers see to it), so this runs no string
+    trimming over millions of rows. A missing event_id becomes a content hash of user, event,
+    instant and properties, so re-reading a file gives the same ids and exact duplicates
+    collapse to one row.
     """
-    timestamp_text = blank_to_null(staged.timestamp)
-    properties = blank_to_null(staged.properties)
     rows = staged.mutate(
-        user_id=blank_to_null(staged.user_id),
-        event_name=blank_to_null(staged.event_name),
-        session_id=blank_to_null(staged.session_id),
-        account_id=blank_to_null(staged.account_id),
-        properties=properties,
-        timestamp=parse_timestamp(timestamp_text),
-        _timestamp_text=timestamp_text,
+        timestamp=parse_timestamp(staged.timestamp),
+        timestamp_text=staged.timestamp,
         # Valid JSON that starts with "{" is an object; anything else is not a property bag.
-        _properties_ok=properties.isnull()
-        | (properties.try_cast("json").notnull() & properties.lstrip().startswith("{")),
+        _properties_ok=staged.properties.isnull()
+        | (staged.properties.try_cast("json").notnull() & staged.properties.startswith("{")),
     )
-    known = users.select(_signup_at=users.signup_at, _known_user_id=users.user_id)
-    rows = rows.left_join(known, rows.user_id == known._known_user_id)
     signup_floor = rows._signup_at - ibis.interval(
         seconds=int(pre_signup_tolerance.total_seconds())
     )
-    reason = ibis.cases(
-        (rows.user_id.isnull(), "missing_user_id"),
-        (rows.event_name.isnull(), "missing_event_name"),
-        (rows._timestamp_text.isnull(), "missing_timestamp"),
-        (rows.timestamp.isnull(), "unparseable_timestamp"),
-        (~rows._properties_ok, "invalid_properties"),
-        (rows._known_user_id.isnull(), "unknown_user"),
-        (rows.timestamp > ibis.literal(future_limit, UTC_TIMESTAMP), "future_timestamp"),
-        (rows.timestamp < signup_floor, "before_signup"),
+    rules = [
+        (rows.user_id.isnull(), "missing_user_id", "user_id"),
+        (rows.event_name.isnull(), "missing_event_name", "event_name"),
+        (rows.timestamp_text.isnull(), "missing_timestamp", "timestamp"),
+        (rows.timestamp.isnull(), "unparseable_timestamp", "timestamp"),
+        (~rows._properties_ok, "invalid_properties", "properties"),
+        (rows._signup_at.isnull(), "unknown_user", "user_id"),
+        (
+            rows.timestamp > ibis.literal(future_limit, UTC_TIMESTAMP),
+            "future_timestamp",
+            "timestamp",
+        ),
+        (rows.timestamp < signup_floor, "before_signup", "timestamp"),
         # No daily partition would hold it; quarantined rather than silently left out.
-        (rows.timestamp < ibis.literal(partitions_start, UTC_TIMESTAMP), "before_partitions_start"),
-        else_=ibis.null(),
+        (
+            rows.timestamp < ibis.literal(partitions_start, UTC_TIMESTAMP),
+            "before_partitions_start",
+            "timestamp",
+        ),
+    ]
+    rows = rows.mutate(
+        reason=ibis.cases(*[(rule, reason) for rule, reason, _ in rules], else_=ibis.null())
     )
-    field = reason.cases(
-        ("missing_user_id", "user_id"),
-        ("unknown_user", "user_id"),
-        ("missing_event_name", "event_name"),
-        ("invalid_properties", "properties"),
-        ("before_signup", "timestamp"),
-        ("before_partitions_start", "timestamp"),
-        ("future_timestamp", "timestamp"),
-        ("missing_timestamp", "timestamp"),
-        ("unparseable_timestamp", "timestamp"),
-        else_=ibis.null(),
-    )
-    supplied_id = blank_to_null(rows.event_id)
+    field_of = {reason: field for _, reason, field in rules}
+    valid = rows.reason.isnull()
+    # Hash only valid rows without an id (CASE evaluates its branch for those rows alone).
     derived_id = content_hash(
-        rows.user_id,
-        rows.event_name,
-        rows.timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        rows.properties,
+        rows.user_id, rows.event_name, rows.timestamp.cast("string"), rows.properties
     )
-    return rows.mutate(
-        event_id=supplied_id.fill_null(derived_id),
-        reason=reason,
-        field=field,
-    ).drop("_timestamp_text", "_properties_ok", "_signup_at", "_known_user_id")
+    rows = rows.mutate(
+        event_id=ibis.ifelse(valid & rows.event_id.isnull(), derived_id, rows.event_id),
+        field=rows.reason.cases(*field_of.items(), else_=ibis.null()),
+        timestamp_text=ibis.ifelse(valid, ibis.null("string"), rows.timestamp_text),
+    )
+    return rows.drop("_properties_ok", "_signup_at")
 
 
-def mark_duplicates(accepted: ir.Table) -> ir.Table:
-    """`is_duplicate` on every accepted row but the first (by file, then row) of its event_id."""
+def duplicate_rows(classified: ir.Table) -> ir.Table:
+    """`(source, row_number)` of every valid row whose event_id appeared earlier (by file, row).
+
+    Repeats are rare, so the ordering window runs only over the ids that do repeat.
+    """
+    valid = classified.filter(classified.reason.isnull()).select("event_id", *_ROW_KEY)
+    counts = valid.group_by("event_id").agg(_copies=valid.count())
+    repeated = valid.semi_join(counts.filter(counts._copies > 1), "event_id")
     order = ibis.window(group_by="event_id", order_by=["source", "row_number"])
-    return accepted.mutate(is_duplicate=ibis.row_number().over(order) > 0)
+    ranked = repeated.mutate(_rank=ibis.row_number().over(order))
+    return ranked.filter(ranked._rank > 0).select(*_ROW_KEY)

@@ -95,13 +95,16 @@ def write_sessions(
     horizon = timedelta(days=1)
     while True:
         right_edge = end + horizon
-        sessions = sessions_starting_between(events, timeout, start, end, right_edge)
+        table = warehouse.temp_table(
+            "_sessions_range", sessions_starting_between(events, timeout, start, end, right_edge)
+        )
+        if latest is None or right_edge > latest:
+            break
         # A session still running at the right edge may go on past it: widen and redo.
-        open_at_edge = sessions.filter(sessions.session_end + _interval(timeout) >= right_edge)
-        if latest is None or right_edge > latest or warehouse.execute(open_at_edge.count()) == 0:
+        open_at_edge = table.filter(table.session_end + _interval(timeout) >= right_edge)
+        if warehouse.execute(open_at_edge.count()) == 0:
             break
         horizon *= 2
-    table = warehouse.connect().create_table("_sessions_range", sessions, temp=True, overwrite=True)
     warehouse.replace_range(SESSIONS.name, table, "session_start", start, end)
     return int(warehouse.execute(table.count()))
 

@@ -31,6 +31,7 @@ class WarehouseResource(ConfigurableResource):
 
     url: str
     schema_name: str = "onboarding"
+    duckdb_memory_limit: str = "1536MB"
 
     _backend: Any = PrivateAttr(default=None)
 
@@ -57,7 +58,13 @@ class WarehouseResource(ConfigurableResource):
             # DuckDB lets one process write a file at a time: wait for a concurrent step.
             while True:
                 try:
-                    return ibis.duckdb.connect(str(path) if path else ":memory:")
+                    return ibis.duckdb.connect(
+                        str(path) if path else ":memory:",
+                        # Bounded memory: large stages spill to disk instead of growing RSS;
+                        # row order is never relied on, which lets inserts run in parallel.
+                        memory_limit=self.duckdb_memory_limit,
+                        preserve_insertion_order=False,
+                    )
                 except Exception as error:
                     if "lock" not in str(error).lower() or time.monotonic() > deadline:
                         raise
@@ -93,7 +100,14 @@ class WarehouseResource(ConfigurableResource):
 
     def stage(self, name: str, data: pa.Table) -> ir.Table:
         """A temporary table holding `data` for in-warehouse processing in this session."""
-        return self.connect().create_table(name, data, temp=True, overwrite=True)
+        return self.temp_table(name, ibis.memtable(data))
+
+    def temp_table(self, name: str, rows: ir.Table) -> ir.Table:
+        """Materialize `rows` as a temporary table of this session, replacing any before."""
+        con = self.connect()
+        # Drop first: Ibis' overwrite=True builds under another name and copies the table.
+        con.drop_table(name, force=True)
+        return con.create_table(name, rows, temp=True)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
