@@ -85,3 +85,23 @@ def test_cli_run_on_the_bundled_sample(tmp_path: Path) -> None:
     assert f"sessions:           {summary['sessions']}" in result.output
     assert f"duckdb:///{tmp_path / 'warehouse.duckdb'}" in result.output
     assert (tmp_path / "dagster_home" / "dagster.yaml").exists()
+
+
+def test_cli_generate_sample(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["generate-sample", "--users", "60", "--seed", "5", "--out", str(tmp_path), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "users.csv").exists() and (tmp_path / "truth" / "sessions.csv").exists()
+    written = sum(1 for _ in (tmp_path / "events.csv").open()) - 1
+    assert f"wrote {written} events for 60 users" in result.output
+
+
+def test_cli_names_the_config_problem(tmp_path: Path) -> None:
+    (tmp_path / "onboarding.yaml").write_text("aha_events: [x]\nsesion_timeout_minutes: 5\n")
+    result = CliRunner().invoke(
+        main, ["run", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")]
+    )
+    assert result.exit_code != 0
+    assert "sesion_timeout_minutes: unknown key" in result.output
+    assert str(tmp_path / "onboarding.yaml") in result.output

@@ -32,7 +32,7 @@ def free_port() -> int:
 def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("dagster_home")
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
-    port = free_port()
+    port = free_port()  # the webserver binds 127.0.0.1 by default
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -40,8 +40,13 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "TMPDIR": str(home),
     }
     server = subprocess.Popen(
-        [Path(sys.executable).parent / "dagster-webserver", "-w", "workspace.yaml"]
-        + ["-h", "127.0.0.1", "-p", str(port)],
+        [
+            Path(sys.executable).parent / "dagster-webserver",
+            "-w",
+            "workspace.yaml",
+            "-p",
+            str(port),
+        ],
         cwd=PROJECT,
         env=env,
         stdout=subprocess.DEVNULL,
