@@ -77,7 +77,6 @@ def run(
         if start or end:
             from onboarding_pipeline.code_location import build_definitions
 
-            settings.export()
             default = data_partition_range(settings, build_definitions(settings)) or ("", "")
             span = (start or default[0], end or default[1])
         summary = run_pipeline(settings, partition_range=span, echo=click.echo)

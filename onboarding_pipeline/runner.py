@@ -113,7 +113,6 @@ def run_pipeline(
 ) -> RunSummary:
     """Materialize every asset in dependency order; raise `PipelineFailed` on the first failure."""
     started = time.monotonic()
-    settings.export()
     defs = build_definitions(settings)
     instance, home = local_instance(settings.output_dir)
     span = partition_range or data_partition_range(settings, defs)

@@ -57,13 +57,6 @@ class Settings:
             updated = replace(updated, warehouse_url=warehouse_url)
         return updated
 
-    def export(self) -> None:
-        """Put these settings in the environment so code built from it (Dagster) agrees."""
-        os.environ[ENV_DATA_DIR] = str(self.data_dir)
-        os.environ[ENV_CONFIG] = str(self.config_path)
-        os.environ[ENV_WAREHOUSE_URL] = self.warehouse_url
-        os.environ[ENV_OUTPUT_DIR] = str(self.output_dir)
-
 
 def default_warehouse_url(output_dir: Path) -> str:
     # Not `onboarding.duckdb`: a DuckDB file named like the schema makes names ambiguous.

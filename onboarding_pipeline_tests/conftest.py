@@ -25,6 +25,14 @@ def write(directory: Path, name: str, text: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their own data and outputs; a developer's ONBOARDING_* must not leak in."""
+    for name in ("ONBOARDING_DATA_DIR", "ONBOARDING_CONFIG", "ONBOARDING_WAREHOUSE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ONBOARDING_OUTPUT_DIR", raising=False)
+
+
 @pytest.fixture
 def config() -> ProductConfig:
     return ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-01-01")
