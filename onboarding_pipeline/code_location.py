@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from dagster import Definitions, in_process_executor, multiprocess_executor
 
+from onboarding_pipeline.activation.assets import (
+    activation_model,
+    activation_scores,
+    critical_path,
+    friction_clusters,
+    funnel,
+    onboarding_kpis,
+    user_features,
+)
 from onboarding_pipeline.config import load_config
 from onboarding_pipeline.ingestion.assets import build_raw_events, raw_users
 from onboarding_pipeline.ingestion.sources import FileSource
 from onboarding_pipeline.modeling.assets import build_sessions
 from onboarding_pipeline.partitions import daily_partitions
-from onboarding_pipeline.resources import ProductConfigResource
+from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
 from onboarding_pipeline.settings import Settings
 from onboarding_pipeline.warehouse import WarehouseResource
 
@@ -19,11 +28,23 @@ def build_definitions(settings: Settings) -> Definitions:
     partitions = daily_partitions(config)
     warehouse = WarehouseResource(url=settings.warehouse_url)
     return Definitions(
-        assets=[raw_users, build_raw_events(partitions), build_sessions(partitions)],
+        assets=[
+            raw_users,
+            build_raw_events(partitions),
+            build_sessions(partitions),
+            user_features,
+            activation_model,
+            activation_scores,
+            critical_path,
+            funnel,
+            onboarding_kpis,
+            friction_clusters,
+        ],
         resources={
             "warehouse": warehouse,
             "source": FileSource(data_dir=str(settings.data_dir)),
             "product_config": ProductConfigResource(path=str(settings.config_path)),
+            "outputs": OutputDirResource(path=str(settings.output_dir)),
         },
         # An embedded DuckDB file takes one writer at a time: run steps in one process.
         executor=in_process_executor if warehouse.engine == "duckdb" else multiprocess_executor,

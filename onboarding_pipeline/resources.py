@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dagster import ConfigurableResource
 
 from onboarding_pipeline.config import ProductConfig, load_config
@@ -14,3 +16,14 @@ class ProductConfigResource(ConfigurableResource):
 
     def load(self) -> ProductConfig:
         return load_config(self.path)
+
+
+class OutputDirResource(ConfigurableResource):
+    """Files the pipeline keeps besides warehouse tables: models, charts, reports."""
+
+    path: str
+
+    def folder(self, name: str) -> Path:
+        folder = Path(self.path) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -10,13 +11,24 @@ from pathlib import Path
 
 from dagster import DagsterInstance, Definitions, TimeWindowPartitionsDefinition
 
+from onboarding_pipeline.activation.model import ModelStore
 from onboarding_pipeline.code_location import build_definitions
 from onboarding_pipeline.config import load_config
 from onboarding_pipeline.ingestion.load import event_date_span
 from onboarding_pipeline.ingestion.sources import FileSource
 from onboarding_pipeline.settings import Settings
 from onboarding_pipeline.warehouse import WarehouseResource
-from onboarding_pipeline.warehouse.tables import QUARANTINE, RAW_EVENTS, RAW_USERS, SESSIONS
+from onboarding_pipeline.warehouse.tables import (
+    ACTIVATION_SCORES,
+    CRITICAL_PATH,
+    QUARANTINE,
+    RAW_EVENTS,
+    RAW_USERS,
+    SESSIONS,
+    TABLES,
+)
+
+TABLE_NAMES = [*TABLES, "user_features"]
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -47,6 +59,9 @@ class RunSummary:
     events: int = 0
     sessions: int = 0
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    model: str = "-"
+    users_scored: int = 0
+    events_by_class: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -61,9 +76,17 @@ class RunSummary:
             f"  events ingested:    {self.events}",
             f"  rows quarantined:   {quarantined}" + (f" ({reasons})" if reasons else ""),
             f"  sessions:           {self.sessions}",
+            f"  activation model:   {self.model}",
+            f"  users scored:       {self.users_scored} (still onboarding)",
+            *[
+                f"  {kind + ':':<20}{', '.join(names) or '-'}"
+                for kind, names in self.events_by_class.items()
+            ],
             "Outputs:",
             f"  warehouse:          {self.settings.warehouse_url} (schema onboarding)",
-            "  tables:             onboarding.raw_users, raw_events, quarantine, sessions",
+            "  tables:             onboarding." + ", ".join(TABLE_NAMES),
+            f"  models and charts:  {self.settings.output_dir / 'models'}, "
+            f"{self.settings.output_dir / 'charts'}",
             f"  output directory:   {self.settings.output_dir}",
             f"  Dagster run history: DAGSTER_HOME={self.dagster_home}",
         ]
@@ -150,6 +173,9 @@ def summarize(settings: Settings, home: Path, span: tuple[str, str] | None) -> R
     try:
         quarantine = warehouse.table(QUARANTINE.name)
         reasons = warehouse.execute(quarantine.group_by("reason").agg(rows=quarantine.count()))
+        paths = warehouse.table(CRITICAL_PATH.name)
+        overall = warehouse.execute(paths.filter(paths.segment_type == "overall"))
+        scores = warehouse.table(ACTIVATION_SCORES.name)
         return RunSummary(
             settings=settings,
             dagster_home=home,
@@ -158,9 +184,27 @@ def summarize(settings: Settings, home: Path, span: tuple[str, str] | None) -> R
             events=int(warehouse.execute(warehouse.table(RAW_EVENTS.name).count())),
             sessions=int(warehouse.execute(warehouse.table(SESSIONS.name).count())),
             quarantined_by_reason={row.reason: int(row.rows) for row in reasons.itertuples()},
+            model=_current_model(settings.output_dir / "models"),
+            users_scored=int(
+                warehouse.execute(scores.filter(scores.population == "onboarding").count())
+            ),
+            events_by_class={
+                kind: sorted(overall.event_name[overall.classification == kind])
+                for kind in ("driver", "vanity", "blocker")
+            },
         )
     finally:
         warehouse.close()
+
+
+def _current_model(folder: Path) -> str:
+    store = ModelStore(folder)
+    version = store.current_version()
+    if version is None:
+        return "none accepted yet"
+    metrics = json.loads((folder / f"{version}.json").read_text())
+    low, high = metrics["roc_auc_ci"]
+    return f"{version}, ROC AUC {metrics['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f})"
 
 
 def _failure_text(result: object) -> str:

@@ -279,3 +279,11 @@ def test_partition_write_replaces_only_its_range(
         ("01", 3),
         ("02", 2),
     ]
+
+
+def test_duckdb_urls_follow_the_sqlalchemy_convention() -> None:
+    from onboarding_pipeline.warehouse.resource import duckdb_path
+
+    assert duckdb_path("duckdb:///output/warehouse.duckdb") == Path("output/warehouse.duckdb")
+    assert duckdb_path("duckdb:////srv/warehouse.duckdb") == Path("/srv/warehouse.duckdb")
+    assert duckdb_path("duckdb://") is None

@@ -10,12 +10,17 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import statsmodels.api as sm
+from scipy import stats
 
 from onboarding_pipeline.sample_data import GenerationSummary, generate_sample
 from onboarding_pipeline.sample_data.__main__ import main as cli_main
 from onboarding_pipeline.sample_data.generator import (
+    CHURN_EFFECT,
     DEFAULT_NOW,
     EVENT_REASONS,
     EVENT_SPEC,
@@ -24,6 +29,7 @@ from onboarding_pipeline.sample_data.generator import (
 
 NOW_MS = int(DEFAULT_NOW.timestamp() * 1000)
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 DRIVERS = ("data_source_connected", "teammate_invited", "template_used")
 VANITY = ("product_tour_completed", "help_article_viewed", "settings_viewed")
 BLOCKERS = ("permission_error", "integration_failed")
@@ -460,7 +466,7 @@ def test_activation_rates_follow_drivers_blockers_and_vanity(
 def test_activation_probability_ignores_engagement_given_events(
     medium: tuple[Path, GenerationSummary],
 ) -> None:
-    """logit(p) minus the planted event effects is a function of the segment alone."""
+    """logit(p) minus the planted event and churn effects is a function of the segment alone."""
     out, _ = medium
     truth, did = early_flags(out)
     segment = {
@@ -478,7 +484,9 @@ def test_activation_probability_ignores_engagement_given_events(
             continue  # early window still open: not all early events happened yet
         p = float(row["true_activation_probability"])
         logit = math.log(p / (1 - p))
-        residual[segment[user]].append(logit - sum(effect.get(e, 0.0) for e in did[user]))
+        planted = sum(effect.get(e, 0.0) for e in did[user])
+        planted += CHURN_EFFECT * (row["churner"] == "true")
+        residual[segment[user]].append(logit - planted)
         engagement_spread.append(float(row["latent_engagement"]))
     spreads = [max(v) - min(v) for v in residual.values() if len(v) > 1]
     assert spreads and max(spreads) < 1e-3  # only rounding of the 6-decimal probability
@@ -490,7 +498,8 @@ def test_aha_timing_late_activators_and_churners(
 ) -> None:
     out, _ = medium
     truth = {r["user_id"]: r for r in read_csv(out / "truth/users.csv")}
-    n_sessions = Counter(r["user_id"] for r in read_csv(out / "truth/sessions.csv"))
+    sessions = read_csv(out / "truth/sessions.csv")
+    n_sessions = Counter(r["user_id"] for r in sessions)
     late = normal = 0
     for user, r in truth.items():
         signup = parse_ts(r["signup_at"])
@@ -502,17 +511,84 @@ def test_aha_timing_late_activators_and_churners(
                 assert r["activated_within_window"] == "false"
                 late += 1
             else:
-                assert 1 <= days < 14
+                # Never inside the 72-hour early horizon (+ the 2-hour session gap).
+                assert 3 + 2 / 24 <= days < 14
                 assert r["activated_within_window"] == "true"
                 normal += 1
-        if r["churner"] == "true":
-            assert n_sessions[user] == 1 and not r["first_aha_at"]
+        if r["churner"] == "true" and r["planted_activator"] != "true":
+            assert n_sessions[user] == 1  # a single session, never back
     assert normal > 0 and 0.03 < late / (late + normal) < 0.15
-    churners = sum(r["churner"] == "true" for r in truth.values())
-    assert 0.05 < churners / len(truth) < 0.35
+    churners = [r for r in truth.values() if r["churner"] == "true"]
+    assert 0.05 < len(churners) / len(truth) < 0.35
+    # Churn is decided before the activation draw: churners can activate, but rarely.
+    churn_act = sum(r["planted_activator"] == "true" for r in churners) / len(churners)
+    others = [r for r in truth.values() if r["churner"] != "true"]
+    other_act = sum(r["planted_activator"] == "true" for r in others) / len(others)
+    assert 0 < churn_act < 0.2 < other_act
+    # Whoever they are, churners have a single session in the early horizon (and its gap);
+    # everyone else comes back within it, so "one early session" is exactly the churners.
+    signup = {u: parse_ts(r["signup_at"]) for u, r in truth.items()}
+    early_sessions = Counter(
+        s["user_id"]
+        for s in sessions
+        if parse_ts(s["session_start"]) < signup[s["user_id"]] + 3 * DAY_MS + 2 * HOUR_MS  # type: ignore[operator]
+    )
+    complete = [u for u in truth if signup[u] + 3 * DAY_MS <= NOW_MS]  # type: ignore[operator]
+    assert all((early_sessions[u] == 1) == (truth[u]["churner"] == "true") for u in complete)
+    assert all(early_sessions[r["user_id"]] == 1 for r in churners)
     # Activators keep coming back: retention is measurable.
     act_sessions = [n_sessions[u] for u, r in truth.items() if r["first_aha_at"]]
     assert sum(act_sessions) / len(act_sessions) > 5
+
+
+def test_early_behaviour_carries_no_information_about_the_draw(tmp_path: Path) -> None:
+    """Early-horizon features add nothing to the true probability (likelihood-ratio test).
+
+    The pipeline predicts activation from the events of the first 72 hours before the first
+    ``dashboard_shared``. If any of them were generated after (and depending on) the activation
+    draw, they would predict ``activated_within_window`` beyond ``true_activation_probability``.
+    """
+    out = tmp_path / "leak"
+    generate_sample(out, users=6000, seed=21, dirty=False, progress=False)
+    truth = pd.read_csv(out / "truth/users.csv").set_index("user_id")
+    signup = pd.to_datetime(truth["signup_at"], format="ISO8601", utc=True)
+    events = pd.read_csv(out / "events.csv", usecols=["user_id", "event_name", "timestamp"])
+    events["ts"] = pd.to_datetime(events["timestamp"], format="ISO8601", utc=True)
+    events = events.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    user = events["user_id"]
+    since = (events["ts"] - user.map(signup)).dt.total_seconds() * 1000
+    assert (since >= 0).all()
+    # True sessions: a new one after more than 30 minutes of inactivity.
+    new_session = (user != user.shift()) | (events["ts"].diff() > pd.Timedelta(minutes=30))
+    events["session"] = new_session.cumsum()
+    shared = events["event_name"] == "dashboard_shared"
+    first_aha = events[shared].groupby("user_id")["ts"].min()
+    aha_since = (first_aha - signup.reindex(first_aha.index)).dt.total_seconds() * 1000
+    assert len(aha_since) > 1000 and (aha_since >= 3 * DAY_MS).all()
+    aha = user.map(first_aha)
+    in_horizon = since < 3 * DAY_MS
+    early = events[in_horizon & (aha.isna() | (events["ts"] < aha))]
+    # By construction no horizon event comes at or after the user's first aha.
+    assert len(early) == int(in_horizon.sum())
+
+    closed = truth[truth["window_closed"]]
+    counts = early.groupby(["user_id", "event_name"]).size().unstack(fill_value=0)
+    counts["n_sessions"] = early.groupby("user_id")["session"].nunique()
+    features = np.log1p(counts.reindex(closed.index, fill_value=0).astype(float))
+    features = features.loc[:, features.nunique() > 1]
+    assert {"data_source_connected", "help_article_viewed", "n_sessions"} <= set(features)
+    p = closed["true_activation_probability"].clip(1e-6, 1 - 1e-6)
+    logit_p = np.log(p / (1 - p)).rename("logit_p").to_frame()
+    y = closed["activated_within_window"].astype(float)
+    assert len(y) > 4000 and 0.30 <= y.mean() <= 0.45
+    base = sm.Logit(y, sm.add_constant(logit_p)).fit(disp=0)
+    full = sm.Logit(y, sm.add_constant(pd.concat([logit_p, features], axis=1))).fit(disp=0)
+    lr = 2 * (full.llf - base.llf)
+    p_value = stats.chi2.sf(lr, features.shape[1])
+    assert p_value > 0.01, (lr, features.shape[1], p_value)
+    # The features do carry information about activation - through the true probability.
+    alone = sm.Logit(y, sm.add_constant(features)).fit(disp=0)
+    assert alone.llr_pvalue < 1e-20
 
 
 def test_funnel_steps_appear_in_order(clean_events: list[dict[str, str]]) -> None:

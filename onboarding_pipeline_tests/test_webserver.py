@@ -86,10 +86,14 @@ def graphql(url: str, query: str) -> dict:  # type: ignore[type-arg]
 
 def test_ui_shows_the_asset_graph_with_groups_checks_and_lineage(webserver: str) -> None:
     nodes = {"/".join(node["assetKey"]["path"]): node for node in graph_nodes(webserver)}
-    assert set(nodes) == {"raw_users", "raw_events", "sessions"}
+    assert {"raw_users", "raw_events", "sessions", "activation_model", "critical_path"} <= set(
+        nodes
+    )
     assert nodes["raw_events"]["groupName"] == "ingestion"
     assert nodes["sessions"]["groupName"] == "modeling"
-    assert all(node["hasAssetChecks"] for node in nodes.values())
+    assert nodes["critical_path"]["groupName"] == "activation"
+    checked = {"raw_users", "raw_events", "sessions", "user_features", "activation_model"}
+    assert all(nodes[name]["hasAssetChecks"] for name in checked)
     assert [d["path"] for d in nodes["sessions"]["dependencyKeys"]] == [["raw_events"]]
     assert "Daily" in nodes["raw_events"]["partitionDefinition"]["description"]
     assert "quarantine" in nodes["raw_events"]["description"]

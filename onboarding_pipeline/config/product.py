@@ -83,6 +83,50 @@ class IngestionRules(_Strict):
     max_quarantine_share: float = Field(default=0.05, ge=0, le=1)
 
 
+class InviteEvents(_Strict):
+    """Event names that mean an invitation was sent / accepted (features, stall labels)."""
+
+    sent: list[str] = Field(default_factory=lambda: ["teammate_invited"])
+    accepted: list[str] = Field(default_factory=lambda: ["invite_accepted"])
+
+
+class ModelRules(_Strict):
+    """Quality gates of the activation model (blocking check)."""
+
+    min_roc_auc: float = Field(default=0.6, ge=0.5, le=1)
+    # A new version may be at most this much worse (ROC AUC) than the previous one.
+    max_auc_drop: float = Field(default=0.03, ge=0, le=0.5)
+    # Share of the newest closed-window signups used for validation (time-based split).
+    validation_fraction: float = Field(default=0.25, gt=0.05, lt=0.8)
+    min_training_users: int = Field(default=200, ge=20)
+
+
+class CriticalPathRules(_Strict):
+    """How early events are judged."""
+
+    # Events need this many users with and without them to be tested.
+    min_users: int = Field(default=30, ge=5)
+    # False-discovery rate for q-values (Benjamini-Hochberg) and significance of effects.
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    # Naive lift at or above this, with no adjusted effect, is "vanity".
+    vanity_min_lift: float = Field(default=1.2, ge=1)
+    # At most this many events are modelled (the most common in the horizon).
+    max_events: int = Field(default=40, ge=1, le=500)
+
+
+class KpiTargets(_Strict):
+    activation_rate: float | None = Field(default=None, ge=0, le=1)
+    median_hours_to_value: float | None = Field(default=None, ge=0)
+    retention_rate: float | None = Field(default=None, ge=0, le=1)
+    onboarding_completion_rate: float | None = Field(default=None, ge=0, le=1)
+
+
+class FrictionRules(_Strict):
+    max_clusters: int = Field(default=6, ge=2, le=12)
+    # Event or funnel step -> recommended fix; the defaults cover common blockers.
+    fixes: dict[str, str] = Field(default_factory=dict)
+
+
 class ProductConfig(_Strict):
     """Validated contents of `onboarding.yaml`."""
 
@@ -99,6 +143,15 @@ class ProductConfig(_Strict):
     as_of: datetime | None = None
     column_mapping: ColumnMapping = Field(default_factory=ColumnMapping)
     ingestion: IngestionRules = Field(default_factory=IngestionRules)
+    invite_events: InviteEvents = Field(default_factory=InviteEvents)
+    model: ModelRules = Field(default_factory=ModelRules)
+    critical_path: CriticalPathRules = Field(default_factory=CriticalPathRules)
+    # Activation within each of these many days of signup is reported as a tier.
+    activation_tiers_days: list[int] = Field(default_factory=lambda: [7, 30, 90])
+    # Retained = active on or after this many days after signup (within one week of it).
+    retention_days: int = Field(default=30, ge=1, le=365)
+    kpi_targets: KpiTargets = Field(default_factory=KpiTargets)
+    friction: FrictionRules = Field(default_factory=FrictionRules)
     # Sections that later stages fill; kept as plain mappings until those stages validate them.
     segments: dict[str, Any] = Field(default_factory=dict)
     paths: dict[str, Any] = Field(default_factory=dict)

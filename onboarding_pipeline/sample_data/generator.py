@@ -9,14 +9,27 @@ smaller sample is a prefix of a larger one (clean rows only; dirty rows depend o
 Generative story (all times in integer milliseconds since the epoch):
 
 * each user has segment attributes and a latent engagement ``z`` (segment terms + noise);
-* early behaviour (first 72 h) is drawn from probabilities increasing in ``z``; blockers depend
-  on segment only;
-* true activation probability = sigmoid(base + segment terms + effects of the early drivers and
-  blockers the user did). ``z`` never enters it, so vanity events are related to activation
-  only through ``z`` -> drivers;
-* activators share a dashboard (the aha event) between day 1 and day 14, or between day 15 and
-  day 40 for late activators, then keep using the product; some non-activators churn after a
-  single session.
+* early behaviour (everything in the first 72 h: events, sessions, times, even property values
+  and timestamp styles) is drawn from probabilities increasing in ``z``; blockers depend on
+  segment only;
+* churners are chosen from ``z`` and the early counts only (low engagement and few early
+  events; always those who did nothing but sign up): their whole early behaviour is a single
+  session and they do not come back on their own. Everyone else has at least two sessions in
+  the first 72 h, so "a single early session" is exactly the churners;
+* only then is activation drawn, ``planted_activator ~ Bernoulli(p)`` with
+  ``p = true_activation_probability = sigmoid(base + segment terms + effects of the early
+  drivers and blockers the user did + CHURN_EFFECT (-1.5) if churner)``. ``z`` never enters
+  it, so vanity events are related to activation only through ``z`` -> drivers and churn, both
+  visible in the early behaviour;
+* everything drawn after (and depending on) that draw starts at or after signup + 72 h + the
+  2 h session gap, so the first 72 h carry no information about the draw beyond ``p``:
+  activators share a dashboard (the aha event, with the funnel steps still missing) between
+  day 3 and day 14, or between day 15 and day 40 for late activators (``LATE_ACTIVATOR_SHARE``
+  of them, outside the 14-day window), then keep using the product; non-churners may return
+  before the aha; the rare activating churner comes back only for the aha and the usage after.
+
+``truth/users.csv`` records the probability, the draw (``planted_activator``), the outcome
+within the window, ``late_activator``, ``churner`` and ``latent_engagement``.
 """
 
 from __future__ import annotations
@@ -92,6 +105,7 @@ EVENT_SPEC: tuple[tuple[str, str, float], ...] = (
 )
 EVENT_NAMES: tuple[str, ...] = tuple(s[0] for s in EVENT_SPEC)
 _E = {name: i for i, name in enumerate(EVENT_NAMES)}
+_EFFECT = {name: effect for name, _, effect in EVENT_SPEC}
 # Funnel after signed_up, in order; data_source_connected is both a funnel step and a driver.
 FUNNEL = (
     "onboarding_started",
@@ -172,6 +186,10 @@ ACT_ROLE = np.array([0.0, 0.25, 0.1, -0.15, -0.35])
 ACT_PLAN = np.array([-0.5, 0.0, 0.35, 0.2])
 ACT_SIZE = np.array([0.0, 0.0, 0.1, 0.0, -0.2])
 ACT_USE_CASE = np.array([0.15, 0.05, -0.1, 0.0])
+# Churners (decided before the activation draw from z and the early counts) have a single early
+# session and do not come back on their own; CHURN_EFFECT is the planted log-odds effect of that.
+CHURN_BASE = -1.3
+CHURN_EFFECT = -1.5
 LATE_ACTIVATOR_SHARE = 0.08
 
 JOB_TITLES = {
@@ -569,23 +587,6 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     n_srch = _capped_poisson(rng, 0.3 + 0.8 * sz, 3, n)
     n_noti = _capped_poisson(rng, 0.3, 2, n)
 
-    did_ds = depth >= 4
-    logit = (
-        ACT_BASE
-        + ACT_ROLE[role]
-        + ACT_PLAN[plan]
-        + ACT_SIZE[size]
-        + ACT_USE_CASE[use_case]
-        + 1.2 * did_ds
-        + 0.8 * (n_inv > 0)
-        + 0.6 * (n_tmpl > 0)
-        - 1.0 * (n_perm > 0)
-        - 0.7 * (n_intf > 0)
-    )
-    p_act = _sigmoid(logit)
-    activated = rng.random(n) < p_act
-    late = activated & (rng.random(n) < LATE_ACTIVATOR_SHARE)
-
     # Early event rows with an ordering key in [0, 1) spanning the early period.
     funnel_counts = (np.arange(5)[None, :] < depth[:, None]).astype(np.int64)
     other_codes = np.array(
@@ -628,10 +629,19 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     e_key = np.concatenate([np.full(n, -1.0), k_f, k_o, k_a])
     n_early = np.bincount(e_user, minlength=n)
 
-    # Churners: some low-engagement non-activators leave after their first session.
-    churner = ~activated & (rng.random(n) < _sigmoid(-1.0 - 1.3 * z)) & (n_early <= 12)
-    n_sess_early = np.where(churner, 1, 1 + _capped_poisson(rng, 0.8 + 1.2 * sz, 5, n))
+    # Churners: some low-engagement users (few early events; always those who did nothing but
+    # sign up) have a single early session and never come back on their own; everyone else
+    # comes back at least once within the 72 h. Decided here, before the activation draw, from
+    # z and the early counts only; the effect of not coming back is planted in the activation
+    # logit (CHURN_EFFECT), so it is observable as "one session in the first 72 h".
+    churner = (rng.random(n) < _sigmoid(CHURN_BASE - 1.3 * z)) & (n_early <= 12)
+    churner |= n_early == 1
+    n_sess_early = np.where(churner, 1, 2 + _capped_poisson(rng, 0.3 + 1.0 * sz, 4, n))
     raw_sess = np.clip((e_key * n_sess_early[e_user]).astype(np.int64), 0, n_sess_early[e_user] - 1)
+    # A non-churner's last early event opens its last session, so it has at least two.
+    by_key = np.lexsort((e_key, e_user))
+    last_ev = by_key[np.append(e_user[by_key][1:] != e_user[by_key][:-1], True)]
+    raw_sess[last_ev] = n_sess_early[e_user[last_ev]] - 1
     # Session owner id = user * 8 + raw session (<= 6 sessions per user), renumbered densely.
     owner_raw = e_user * 8 + raw_sess
     uniq, owner = np.unique(owner_raw, return_inverse=True)
@@ -652,6 +662,32 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     parts_user = [s_user[owner]]
     parts_code = [e_code]
     parts_t = [s_start[owner] + e_off]
+    # Presentation draws of the early events (property value, timestamp style, offset) too.
+    n_ev_early = len(e_code)
+    parts_u = [rng.random((n_ev_early, 2))]
+    parts_off = [rng.integers(0, len(OFFSETS_MIN), n_ev_early)]
+
+    # Everything above (the first 72 h) is settled; only now is activation drawn. Its true
+    # probability depends on the segment, the early drivers and blockers and churn, never on z
+    # or on anything drawn below.
+    logit = (
+        ACT_BASE
+        + ACT_ROLE[role]
+        + ACT_PLAN[plan]
+        + ACT_SIZE[size]
+        + ACT_USE_CASE[use_case]
+        + _EFFECT["data_source_connected"] * (depth >= 4)
+        + _EFFECT["teammate_invited"] * (n_inv > 0)
+        + _EFFECT["template_used"] * (n_tmpl > 0)
+        + _EFFECT["permission_error"] * (n_perm > 0)
+        + _EFFECT["integration_failed"] * (n_intf > 0)
+        + CHURN_EFFECT * churner
+    )
+    p_act = _sigmoid(logit)
+    activated = rng.random(n) < p_act
+    late = activated & (rng.random(n) < LATE_ACTIVATOR_SHARE)
+    # Nothing that depends on the draw may start before this offset from signup.
+    after_early = np.maximum(early_end, EARLY_WINDOW_MS)
 
     # Aha session of activators: missing funnel steps (not the data source), then the share.
     act_idx = np.flatnonzero(activated)
@@ -689,7 +725,7 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     rank = np.zeros(len(EVENT_NAMES))
     rank[aha_codes] = np.arange(len(aha_codes))
     o_a, c_a, off_a, dur_a = _layout_sessions(rng, o_a, c_a, rank[c_a])
-    lo = np.where(late[act_idx], 15 * DAY, np.maximum(DAY, early_end[act_idx] + SESSION_GAP_MIN_MS))
+    lo = np.where(late[act_idx], 15 * DAY, after_early[act_idx] + SESSION_GAP_MIN_MS)
     hi = np.where(late[act_idx], 40 * DAY, ACTIVATION_WINDOW_MS) - dur_a - MIN
     frac = np.where(late[act_idx], rng.beta(1.2, 2.0, na), rng.beta(1.2, 3.5, na))
     aha_start = lo + ((hi - lo) * frac).astype(np.int64)
@@ -697,7 +733,8 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     parts_code.append(c_a)
     parts_t.append(aha_start[o_a] + off_a)
 
-    # Return sessions (non-churners) between the early period and the aha session, if any.
+    # Return sessions (non-churners) between the early period (72 h at least) and the aha
+    # session, if any.
     now_off = now_ms - signup
     bound = np.full(n, np.iinfo(np.int64).max // 4)
     bound[act_idx] = aha_start - SESSION_GAP_MIN_MS
@@ -730,7 +767,7 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     o_r, c_r = _expand(ret_cols, ret_codes)
     key_r = np.where(c_r == _E["notification_opened"], -1.0, rng.random(len(o_r)))
     o_r, c_r, off_r, dur_r = _layout_sessions(rng, o_r, c_r, key_r)
-    r_start = _chain_starts(rng, r_user, early_end[r_user], dur_r, np.full(nr, 3.0 * DAY))
+    r_start = _chain_starts(rng, r_user, after_early[r_user], dur_r, np.full(nr, 3.0 * DAY))
     r_ok = r_start + dur_r <= bound[r_user]
     keep = r_ok[o_r]
     parts_user.append(r_user[o_r][keep])
@@ -788,16 +825,21 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     ev_user = np.concatenate(parts_user).astype(np.int64)
     ev_code = np.concatenate(parts_code).astype(np.int16)
     ev_ts = signup[ev_user] + np.concatenate(parts_t)
+    n_later = len(ev_user) - n_ev_early
+    parts_u.append(rng.random((n_later, 2)))
+    parts_off.append(rng.integers(0, len(OFFSETS_MIN), n_later))
+    ev_u = np.concatenate(parts_u)
+    ev_off = np.concatenate(parts_off)
     keep = ev_ts < now_ms
     ev_user, ev_code, ev_ts = ev_user[keep], ev_code[keep], ev_ts[keep]
+    ev_u, ev_off = ev_u[keep], ev_off[keep]
     order = np.lexsort((ev_ts, ev_user))
     ev_user, ev_code, ev_ts = ev_user[order], ev_code[order], ev_ts[order]
+    ev_u, ev_off = ev_u[order], ev_off[order]
 
-    m = len(ev_user)
-    ev_prop = _PROP_OFF[ev_code] + (rng.random(m) * _PROP_SIZE[ev_code]).astype(np.int64)
-    u_tz = rng.random(m)
+    ev_prop = _PROP_OFF[ev_code] + (ev_u[:, 0] * _PROP_SIZE[ev_code]).astype(np.int64)
+    u_tz = ev_u[:, 1]
     ev_tz = np.where(u_tz < OFFSET_SHARE, 1, np.where(u_tz < OFFSET_SHARE + NAIVE_SHARE, 2, 0))
-    ev_off = rng.integers(0, len(OFFSETS_MIN), m)
 
     return _Block(
         first_index=block * BLOCK_USERS,

@@ -51,7 +51,7 @@ class WarehouseResource(ConfigurableResource):
 
     def _open(self) -> Any:
         if self.engine == "duckdb":
-            path = Path(urlparse(self.url).path) if self.url != "duckdb://" else None
+            path = duckdb_path(self.url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
             deadline = time.monotonic() + _LOCK_RETRY_SECONDS
@@ -124,6 +124,10 @@ class WarehouseResource(ConfigurableResource):
             raise
         con.raw_sql(sge.Commit())
 
+    def replace_table(self, name: str, rows: ir.Table) -> ir.Table:
+        """Create or replace a table whose columns follow the data (e.g. `user_features`)."""
+        return self.connect().create_table(name, rows, database=self.schema_name, overwrite=True)
+
     def replace_all(self, name: str, rows: ir.Table | pa.Table) -> None:
         """Make `rows` the whole content of table `name`, atomically."""
         with self.transaction():
@@ -164,6 +168,13 @@ class WarehouseResource(ConfigurableResource):
         if columns is not None:
             rows = rows.select(*columns)
         self.connect().insert(name, rows, database=self.schema_name)
+
+
+def duckdb_path(url: str) -> Path | None:
+    """The file of a `duckdb:///path` URL (SQLAlchemy style: `duckdb:///relative/file.duckdb`,
+    `duckdb:////absolute/file.duckdb`); None for an in-memory database (`duckdb://`)."""
+    location = url.split("://", 1)[1].removeprefix("/")
+    return Path(location) if location and location != ":memory:" else None
 
 
 def _in_range(column: str, start: datetime, end: datetime) -> sge.Expression:

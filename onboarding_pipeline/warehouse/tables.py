@@ -91,4 +91,62 @@ SESSIONS = TableSpec(
     "Sessions: a supplied session_id is kept, otherwise an inactivity gap starts a new one.",
 )
 
-TABLES = {spec.name: spec for spec in (RAW_USERS, RAW_EVENTS, QUARANTINE, SESSIONS)}
+ACTIVATION_SCORES = TableSpec(
+    "activation_scores",
+    ibis.schema(
+        {
+            "user_id": "!string",
+            "activation_probability": "!float64",
+            "model_version": "!string",
+            "scored_at": UTC_TIMESTAMP.copy(nullable=False),  # the watermark ("now")
+            "population": "!string",  # onboarding (window open) | validation (held out)
+            "label": "float64",  # the known outcome of validation users
+            "horizon_complete": "boolean",  # false: early behaviour still accruing
+        }
+    ),
+    "Activation probability of every user still in onboarding, plus validation predictions.",
+)
+
+_FLOAT_COLUMNS = [
+    "activation_rate_with",
+    "activation_rate_without",
+    "lift",
+    "odds_ratio",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "q_value",
+    "adjusted_effect",
+    "adjusted_ci_low",
+    "adjusted_ci_high",
+    "adjusted_p_value",
+    "adjusted_q_value",
+    "best_threshold_n",
+    "best_threshold_days",
+    "threshold_precision",
+    "threshold_recall",
+    "median_hours_to_event_activators",
+]
+CRITICAL_PATH = TableSpec(
+    "critical_path",
+    ibis.schema(
+        {
+            "segment_type": "!string",
+            "segment": "!string",
+            "event_name": "!string",
+            "users_with_event": "!int64",
+            "users_without_event": "!int64",
+            **{name: "float64" for name in _FLOAT_COLUMNS[:9]},
+            **{name: "float64" for name in _FLOAT_COLUMNS[9:]},
+            "support_ok": "!boolean",
+            "note": "string",
+            "classification": "!string",  # driver | vanity | blocker | neutral
+        }
+    ),
+    "Each early event's association with activation, naive and adjusted, overall and per segment.",
+)
+
+TABLES = {
+    spec.name: spec
+    for spec in (RAW_USERS, RAW_EVENTS, QUARANTINE, SESSIONS, ACTIVATION_SCORES, CRITICAL_PATH)
+}

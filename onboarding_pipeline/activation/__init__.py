@@ -1,0 +1,1 @@
+"""Activation intelligence: features, model, critical path, funnel, KPIs, friction."""

@@ -1,0 +1,175 @@
+"""Per-user outcomes and early-behaviour features, computed in the warehouse.
+
+Leakage rules, enforced here and nowhere else:
+- the label is "first aha event within `activation_window_days` of signup", known only when
+  the window has closed by the watermark; open windows get no label (never a negative);
+- early behaviour is what a user did in the first `observation_hours` after signup AND before
+  their activation moment, aha events excluded, so no feature can contain the outcome.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+
+from onboarding_pipeline.config import ProductConfig
+
+SEGMENT_COLUMNS = ("role", "company_size", "plan", "use_case", "tech_savvy")
+
+
+def now_of(events: ir.Table, config: ProductConfig, backend: object) -> datetime:
+    """ "Now": the configured `as_of`, else the watermark (the latest accepted event)."""
+    now = config.as_of or backend.execute(events.timestamp.max())  # type: ignore[attr-defined]
+    if now is None or now != now:
+        raise ValueError("raw_events is empty: ingest events before building features")
+    return pd.Timestamp(now).to_pydatetime()
+
+
+def user_outcomes(
+    users: ir.Table, events: ir.Table, config: ProductConfig, now: datetime
+) -> ir.Table:
+    """One row per user: signup, segments, first aha, `activated`, `window_closed`, `label`."""
+    window = ibis.interval(days=config.activation_window_days)
+    aha = events.filter(events.event_name.isin(config.aha_events) & (events.timestamp <= now))
+    first_aha = aha.group_by(_aha_user=aha.user_id).agg(first_aha_at=aha.timestamp.min())
+    rows = users.left_join(first_aha, users.user_id == first_aha._aha_user)
+    activated = rows.first_aha_at.notnull() & (rows.first_aha_at <= rows.signup_at + window)
+    window_closed = rows.signup_at + window <= ibis.literal(now)
+    return rows.select(
+        "user_id",
+        "signup_at",
+        *SEGMENT_COLUMNS,
+        "first_aha_at",
+        activated=activated,
+        window_closed=window_closed,
+        activation_at=ibis.ifelse(activated, rows.first_aha_at, ibis.null("timestamp('UTC')")),
+        label=ibis.cases((activated, 1.0), (window_closed, 0.0), else_=ibis.null("float64")),
+        horizon_complete=rows.signup_at + ibis.interval(hours=config.observation_hours)
+        <= ibis.literal(now),
+    )
+
+
+def early_events(events: ir.Table, outcomes: ir.Table, config: ProductConfig) -> ir.Table:
+    """Events in the observation horizon, before activation, aha events excluded."""
+    horizon = ibis.interval(hours=config.observation_hours)
+    people = outcomes.select(
+        _user_id=outcomes.user_id,
+        _signup_at=outcomes.signup_at,
+        _activation_at=outcomes.activation_at,
+    )
+    joined = events.join(people, events.user_id == people._user_id)
+    in_horizon = (
+        (joined.timestamp >= joined._signup_at)
+        & (joined.timestamp < joined._signup_at + horizon)
+        & (joined._activation_at.isnull() | (joined.timestamp < joined._activation_at))
+        & ~joined.event_name.isin(config.aha_events)
+    )
+    early = joined.filter(in_horizon)
+    hours = (early.timestamp.epoch_seconds() - early._signup_at.epoch_seconds()) / 3600.0
+    return early.select("user_id", "event_name", "timestamp", hours_since_signup=hours)
+
+
+def choose_feature_events(early: ir.Table, config: ProductConfig, backend: object) -> list[str]:
+    """The early events worth modelling: the most widespread, with enough users to learn from."""
+    reach = early.group_by("event_name").agg(users=early.user_id.nunique())
+    reach = reach.filter(reach.users >= config.critical_path.min_users)
+    top = reach.order_by([ibis.desc("users"), "event_name"]).limit(config.critical_path.max_events)
+    return list(backend.execute(top).event_name)  # type: ignore[attr-defined]
+
+
+def feature_table(
+    early: ir.Table,
+    sessions: ir.Table,
+    outcomes: ir.Table,
+    feature_events: list[str],
+    config: ProductConfig,
+) -> ir.Table:
+    """The wide per-user table: one conditional aggregate per chosen event, in one pass."""
+    per_event = {}
+    for index, name in enumerate(feature_events):
+        is_event = early.event_name == name
+        per_event[f"n__{index}"] = is_event.cast("int64").sum()
+        per_event[f"h__{index}"] = ibis.ifelse(is_event, early.hours_since_signup, None).min()
+    steps = [s for s in config.funnel_steps if s not in config.aha_events]
+    key_actions = [*steps[1:], *config.invite_events.sent]
+    behaviour = early.group_by("user_id").agg(
+        early_events=early.count(),
+        active_days=early.timestamp.date().nunique(),
+        onboarding_steps_completed=ibis.ifelse(
+            early.event_name.isin(steps), early.event_name, None
+        ).nunique(),
+        invites_sent=early.event_name.isin(config.invite_events.sent).cast("int64").sum(),
+        invites_accepted=early.event_name.isin(config.invite_events.accepted).cast("int64").sum(),
+        hours_to_first_key_action=ibis.ifelse(
+            early.event_name.isin(key_actions), early.hours_since_signup, None
+        ).min(),
+        **per_event,
+    )
+    horizon = ibis.interval(hours=config.observation_hours)
+    people = outcomes.select(
+        _user_id=outcomes.user_id,
+        _signup_at=outcomes.signup_at,
+        _activation_at=outcomes.activation_at,
+    )
+    joined = sessions.join(people, sessions.user_id == people._user_id)
+    early_sessions = joined.filter(
+        (joined.session_start >= joined._signup_at)
+        & (joined.session_start < joined._signup_at + horizon)
+        & (joined._activation_at.isnull() | (joined.session_start < joined._activation_at))
+    )
+    session_counts = early_sessions.group_by(_session_user="user_id").agg(
+        sessions=early_sessions.count()
+    )
+    wide = outcomes.left_join(behaviour, outcomes.user_id == behaviour.user_id).drop(
+        "user_id_right"
+    )
+    wide = wide.left_join(session_counts, wide.user_id == session_counts._session_user).drop(
+        "_session_user"
+    )
+    counts = ["early_events", "active_days", "onboarding_steps_completed", "invites_sent"]
+    counts += ["invites_accepted", "sessions", *[k for k in per_event if k.startswith("n__")]]
+    return wide.mutate(**{c: wide[c].fill_null(0) for c in counts})
+
+
+def build_features(
+    users: ir.Table, events: ir.Table, sessions: ir.Table, config: ProductConfig, backend: object
+) -> tuple[ir.Table, list[str], datetime]:
+    """Outcomes + early behaviour for every user, as one warehouse expression."""
+    now = now_of(events, config, backend)
+    outcomes = user_outcomes(users, events, config, now)
+    early = early_events(events, outcomes, config)
+    chosen = choose_feature_events(early, config, backend)
+    table = feature_table(early, sessions, outcomes, chosen, config)
+    # Readable column names only after the expression is built (event names are data).
+    renames = {}
+    for index, name in enumerate(chosen):
+        renames[f"n_{name}"] = f"n__{index}"
+        renames[f"hours_to_{name}"] = f"h__{index}"
+    return table.rename(renames), chosen, now
+
+
+def daily_early_counts(
+    users: ir.Table, events: ir.Table, config: ProductConfig, now: datetime, names: list[str]
+) -> ir.Table:
+    """`user_id, event_name, day, n`: early events per day of the horizon (day 0 = first 24 h)."""
+    early = early_events(events, user_outcomes(users, events, config, now), config)
+    early = early.filter(early.event_name.isin(names))
+    day = (early.hours_since_signup / 24).floor().cast("int64")
+    return early.group_by("user_id", "event_name", day=day).agg(n=early.count())
+
+
+def leakage_violations(features: pd.DataFrame, observation_hours: int) -> dict[str, int]:
+    """Rows that would leak the outcome: behaviour after the horizon or after activation,
+    a label on an open window, or the aha event among the features."""
+    hours = features[[c for c in features.columns if c.startswith("hours_to_")]]
+    latest = hours.max(axis=1)
+    to_activation = (features.activation_at - features.signup_at).dt.total_seconds() / 3600
+    found = {
+        "behaviour_after_horizon": int((latest >= observation_hours).sum()),
+        "behaviour_after_activation": int((latest >= to_activation).sum()),
+        "label_on_open_window": int((~features.window_closed & (features.label == 0)).sum()),
+    }
+    return {name: count for name, count in found.items() if count}

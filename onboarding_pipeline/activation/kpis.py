@@ -1,0 +1,232 @@
+"""Onboarding KPIs per signup week, with honest eligibility and Wilson intervals.
+
+Every KPI counts only users who had the full chance to reach it by the watermark:
+
+- `activation_rate`: activated users / users whose activation window is closed
+  (signup + `window_days` <= watermark).
+- `median_hours_to_value`, `p75_hours_to_value`: hours from signup to the first aha event
+  among closed-window users who activated within the window (open-window cohorts would only
+  show their fast activators). Pre-signup aha events count as zero hours. `eligible_users` is
+  the number of users the quantile is taken over; numerator, denominator and the interval
+  are NaN.
+- `activation_within_<d>d`: users whose first aha event is at most d days after signup /
+  users with signup + d days <= watermark (tiers may exceed the activation window).
+- `retention_rate`: users active on any calendar day in [signup day + `retention_days`,
+  signup day + `retention_days` + 7) / users with signup + `retention_days` + 7 days <=
+  watermark (UTC calendar days, matching the daily `activity_days`).
+- `onboarding_completion_rate`: closed-window users who did every `onboarding_steps` event
+  (any order) within the window / closed-window users. Omitted when no steps are configured.
+
+Rows: one per (signup week, KPI), weeks ascending (Monday, ISO date), then an "all" row per
+KPI over every user. `meets_target` compares with `targets` (lower is better for
+`median_hours_to_value`, higher for rates) and is None when there is no target or no value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.proportion import proportion_confint
+
+from onboarding_pipeline.activation.funnel import (
+    as_utc,
+    epoch_days,
+    signup_week,
+    step_times,
+    utc_timestamp,
+)
+from onboarding_pipeline.config.product import KpiTargets
+
+ALL_WEEKS = "all"
+KPI_COLUMNS = [
+    "signup_week",
+    "kpi",
+    "value",
+    "numerator",
+    "denominator",
+    "eligible_users",
+    "target",
+    "meets_target",
+    "ci_low",
+    "ci_high",
+]
+# KPI -> True when lower values are better; KPIs missing here have no target field.
+_TARGET_DIRECTION = {
+    "activation_rate": False,
+    "median_hours_to_value": True,
+    "retention_rate": False,
+    "onboarding_completion_rate": False,
+}
+
+
+def onboarding_kpis(
+    users: pd.DataFrame,
+    first_events: pd.DataFrame,
+    activity_days: pd.DataFrame,
+    *,
+    window_days: int,
+    tiers_days: list[int],
+    retention_days: int,
+    onboarding_steps: list[str],
+    targets: KpiTargets,
+    watermark: pd.Timestamp,
+) -> pd.DataFrame:
+    """Onboarding KPIs per signup week plus an "all" row; columns in `KPI_COLUMNS`.
+
+    See the module docstring for each KPI's numerator and eligible population.
+    """
+    if users.empty:
+        return _empty()
+    users = users.reset_index(drop=True)
+    now = utc_timestamp(watermark)
+    signup = as_utc(users["signup_at"])
+    first_aha = as_utc(users["first_aha_at"])
+    closed = signup + pd.Timedelta(days=window_days) <= now
+    activated = users["activated"].fillna(False).astype(bool)
+
+    # Ratio KPIs as per-user (numerator, denominator) booleans, summed per week below.
+    ratios: dict[str, tuple[pd.Series, pd.Series]] = {
+        "activation_rate": (activated & closed, closed),
+    }
+    for days in sorted(set(tiers_days)):
+        span = pd.Timedelta(days=days)
+        eligible = signup + span <= now
+        ratios[f"activation_within_{days}d"] = (
+            eligible & first_aha.notna() & (first_aha - signup <= span),
+            eligible,
+        )
+    retention_eligible = signup + pd.Timedelta(days=retention_days + 7) <= now
+    retained = _retained(users, activity_days, retention_days)
+    ratios["retention_rate"] = (retention_eligible & retained, retention_eligible)
+    if onboarding_steps:
+        times = step_times(users, first_events, onboarding_steps)
+        deadline = signup + pd.Timedelta(days=window_days)
+        done = times.le(deadline, axis=0).all(axis=1)  # NaT compares False: not done
+        ratios["onboarding_completion_rate"] = (closed & done, closed)
+
+    hours_to_value = (
+        ((first_aha - signup).dt.total_seconds() / 3600).clip(lower=0).where(activated & closed)
+    )
+
+    week = signup_week(users["signup_at"])
+    counts = pd.DataFrame(
+        {
+            (kpi, part): series.to_numpy(dtype=np.int64)
+            for kpi, pair in ratios.items()
+            for part, series in zip(("num", "den"), pair, strict=True)
+        }
+    )
+    sums = counts.groupby(week.to_numpy(), sort=True).sum()
+    sums.loc[ALL_WEEKS] = counts.sum()
+    by_week = hours_to_value.groupby(week.to_numpy(), sort=True)
+    ttv = pd.DataFrame(
+        {"median": by_week.median(), "p75": by_week.quantile(0.75), "count": by_week.count()}
+    )
+    ttv.loc[ALL_WEEKS] = pd.Series(
+        {
+            "median": hours_to_value.median(),
+            "p75": hours_to_value.quantile(0.75),
+            "count": hours_to_value.count(),
+        }
+    )
+    ttv = ttv.reindex(sums.index)
+
+    parts = [_ratio_rows(sums, kpi) for kpi in ratios]
+    for kpi, column in (("median_hours_to_value", "median"), ("p75_hours_to_value", "p75")):
+        parts.append(
+            pd.DataFrame(
+                {
+                    "signup_week": sums.index.to_numpy(dtype=object),
+                    "kpi": kpi,
+                    "value": ttv[column].to_numpy(dtype=float),
+                    "numerator": np.nan,
+                    "denominator": np.nan,
+                    "eligible_users": ttv["count"].fillna(0).to_numpy(dtype=np.int64),
+                    "ci_low": np.nan,
+                    "ci_high": np.nan,
+                }
+            )
+        )
+    out = pd.concat(parts, ignore_index=True)
+    out = _with_targets(out, targets)
+    return _ordered(out, list(ratios))
+
+
+def _retained(users: pd.DataFrame, activity_days: pd.DataFrame, retention_days: int) -> pd.Series:
+    """Whether each user was active in the week starting `retention_days` after signup day."""
+    retained = np.zeros(len(users), dtype=bool)
+    if not activity_days.empty:
+        position = pd.Index(users["user_id"]).get_indexer(activity_days["user_id"])
+        known = position >= 0
+        offset = (
+            epoch_days(activity_days["day"])[known]
+            - epoch_days(users["signup_at"])[position[known]]
+        )
+        in_week = (offset >= retention_days) & (offset < retention_days + 7)
+        retained[position[known][in_week]] = True
+    return pd.Series(retained, index=users.index)
+
+
+def _ratio_rows(sums: pd.DataFrame, kpi: str) -> pd.DataFrame:
+    numerator = sums[(kpi, "num")].to_numpy(dtype=np.int64)
+    denominator = sums[(kpi, "den")].to_numpy(dtype=np.int64)
+    has_users = denominator > 0
+    safe = np.where(has_users, denominator, 1)  # avoid 0/0 inside statsmodels; masked below
+    low, high = proportion_confint(numerator, safe, alpha=0.05, method="wilson")
+    return pd.DataFrame(
+        {
+            "signup_week": sums.index.to_numpy(dtype=object),
+            "kpi": kpi,
+            "value": np.where(has_users, numerator / safe, np.nan),
+            "numerator": numerator.astype(float),
+            "denominator": denominator.astype(float),
+            "eligible_users": denominator,
+            "ci_low": np.where(has_users, low, np.nan),
+            "ci_high": np.where(has_users, high, np.nan),
+        }
+    )
+
+
+def _with_targets(out: pd.DataFrame, targets: KpiTargets) -> pd.DataFrame:
+    goals = {kpi: getattr(targets, kpi) for kpi in _TARGET_DIRECTION}
+    target = out["kpi"].map(lambda kpi: goals.get(kpi)).astype(float)
+    lower_is_better = out["kpi"].map(lambda kpi: _TARGET_DIRECTION.get(kpi, False)).astype(bool)
+    meets = np.where(lower_is_better, out["value"] <= target, out["value"] >= target)
+    known = target.notna() & out["value"].notna()
+    out["target"] = target
+    out["meets_target"] = pd.Series(meets, index=out.index, dtype=object).where(known, None)
+    return out
+
+
+def _ordered(out: pd.DataFrame, ratio_kpis: list[str]) -> pd.DataFrame:
+    kpi_order = [
+        "activation_rate",
+        "median_hours_to_value",
+        "p75_hours_to_value",
+        *[kpi for kpi in ratio_kpis if kpi.startswith("activation_within_")],
+        "retention_rate",
+        "onboarding_completion_rate",
+    ]
+    weeks = sorted(set(out["signup_week"]) - {ALL_WEEKS})
+    week_rank = {week: i for i, week in enumerate([*weeks, ALL_WEEKS])}
+    kpi_rank = {kpi: i for i, kpi in enumerate(kpi_order)}
+    out = out.assign(
+        _week=out["signup_week"].map(week_rank), _kpi=out["kpi"].map(kpi_rank)
+    ).sort_values(["_week", "_kpi"], kind="stable")
+    return out[KPI_COLUMNS].reset_index(drop=True)
+
+
+def _empty() -> pd.DataFrame:
+    dtypes = {
+        "signup_week": object,
+        "kpi": object,
+        "value": float,
+        "numerator": float,
+        "denominator": float,
+        "eligible_users": np.int64,
+        "target": float,
+        "meets_target": object,
+        "ci_low": float,
+        "ci_high": float,
+    }
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in dtypes.items()})
