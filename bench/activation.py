@@ -49,7 +49,12 @@ def measure(data_dir: Path) -> dict[str, float]:
 
     began = time.perf_counter()
     table, chosen, now = build_features(
-        users, raw_events, warehouse.table("sessions"), config, warehouse.connect()
+        users,
+        raw_events,
+        warehouse.table("sessions"),
+        config,
+        warehouse.connect(),
+        stage=warehouse.temp_table,
     )
     stored = warehouse.replace_table("user_features", table)
     features = warehouse.execute(stored)

@@ -115,8 +115,8 @@ def test_model_is_as_good_as_the_truth_and_no_better(run: Run, model: Activation
         validation.label, run.truth.loc[validation.user_id, "true_activation_probability"]
     )
     auc = model.metrics["roc_auc"]
-    # Within 0.03 of what the true probabilities achieve; clearly above it would be leakage.
-    assert abs(auc - true_auc) <= 0.03, (auc, true_auc)
+    # Within 0.02 of what the true probabilities achieve; clearly above it would be leakage.
+    assert abs(auc - true_auc) <= 0.02, (auc, true_auc)
     assert auc <= true_auc + 0.02, (auc, true_auc)
     low, high = model.metrics["roc_auc_ci"]
     assert low <= auc <= high

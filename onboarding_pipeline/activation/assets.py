@@ -85,6 +85,7 @@ def user_features(
         warehouse.table(SESSIONS.name),
         config,
         warehouse.connect(),
+        stage=warehouse.temp_table,
     )
     stored = warehouse.replace_table(USER_FEATURES, table)
     counts = warehouse.execute(

@@ -9,6 +9,7 @@ Leakage rules, enforced here and nowhere else:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import ibis
@@ -95,12 +96,17 @@ def feature_table(
         per_event[f"h__{index}"] = ibis.ifelse(is_event, early.hours_since_signup, None).min()
     steps = [s for s in config.funnel_steps if s not in config.aha_events]
     key_actions = [*steps[1:], *config.invite_events.sent]
+    day = (early.hours_since_signup / 24).floor().cast("int64")
+    horizon_days = -(-config.observation_hours // 24)
+
+    def count_distinct(flags: list[ir.BooleanValue]) -> ir.IntegerValue:
+        # A few known values: one max() per value is much cheaper than a distinct count.
+        return sum((flag.max().cast("int64") for flag in flags), ibis.literal(0))
+
     behaviour = early.group_by("user_id").agg(
         early_events=early.count(),
-        active_days=early.timestamp.date().nunique(),
-        onboarding_steps_completed=ibis.ifelse(
-            early.event_name.isin(steps), early.event_name, None
-        ).nunique(),
+        active_days=count_distinct([day == d for d in range(horizon_days)]),
+        onboarding_steps_completed=count_distinct([early.event_name == s for s in steps]),
         invites_sent=early.event_name.isin(config.invite_events.sent).cast("int64").sum(),
         invites_accepted=early.event_name.isin(config.invite_events.accepted).cast("int64").sum(),
         hours_to_first_key_action=ibis.ifelse(
@@ -135,12 +141,24 @@ def feature_table(
 
 
 def build_features(
-    users: ir.Table, events: ir.Table, sessions: ir.Table, config: ProductConfig, backend: object
+    users: ir.Table,
+    events: ir.Table,
+    sessions: ir.Table,
+    config: ProductConfig,
+    backend: object,
+    *,
+    stage: Callable[[str, ir.Table], ir.Table] | None = None,
 ) -> tuple[ir.Table, list[str], datetime]:
-    """Outcomes + early behaviour for every user, as one warehouse expression."""
+    """Outcomes + early behaviour for every user, as one warehouse expression.
+
+    `stage` (e.g. `WarehouseResource.temp_table`) materializes the early events once, since
+    both the choice of events and the wide table read them.
+    """
     now = now_of(events, config, backend)
     outcomes = user_outcomes(users, events, config, now)
     early = early_events(events, outcomes, config)
+    if stage is not None:
+        early = stage("_early_events", early)
     chosen = choose_feature_events(early, config, backend)
     table = feature_table(early, sessions, outcomes, chosen, config)
     # Readable column names only after the expression is built (event names are data).

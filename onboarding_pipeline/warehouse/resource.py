@@ -93,6 +93,10 @@ class WarehouseResource(ConfigurableResource):
         return self.connect().table(name, database=self.schema_name)
 
     def execute(self, expr: ir.Expr) -> Any:
+        """A table as a pandas DataFrame (through Arrow: many times faster than Ibis' own
+        conversion on wide tables), anything else as Ibis returns it."""
+        if isinstance(expr, ir.Table):
+            return self.connect().to_pyarrow(expr).to_pandas()
         return self.connect().execute(expr)
 
     def to_pyarrow(self, expr: ir.Expr) -> pa.Table:
