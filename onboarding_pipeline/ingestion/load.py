@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import ibis
 import ibis.expr.types as ir
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -62,7 +63,13 @@ def ingest_users(
         "_classified_users", classify_users(staged), temp=True, overwrite=True
     )
     accepted = classified.filter(classified.reason.isnull() & ~classified.is_duplicate)
-    report = _count(warehouse, classified, files, "users")
+    report = _count(
+        warehouse.execute(
+            classified.group_by("source", "reason", "is_duplicate").agg(rows=classified.count())
+        ),
+        files,
+        "users",
+    )
     warehouse.replace_all(RAW_USERS.name, accepted)
     # `raw` shows the rows as read: join the rejects back to their input text.
     rejected = classified.filter(classified.reason.notnull()).select(
@@ -116,15 +123,19 @@ def ingest_events(
     for staged_file in files:
         staged_file.release()
     duplicates = warehouse.temp_table("_duplicate_events", duplicate_rows(classified))
-    outcomes = classified.left_join(
-        duplicates.mutate(_repeat=ibis.literal(True)), ["source", "row_number"]
+    # Count without joining millions of rows: reasons from the classification, and the
+    # (few) duplicates taken out of each file's valid rows.
+    outcomes = warehouse.execute(
+        classified.group_by("source", "reason").agg(rows=classified.count())
+    ).assign(is_duplicate=False)
+    repeats = warehouse.execute(duplicates.group_by("source").agg(rows=duplicates.count()))
+    for repeat in repeats.itertuples(index=False):
+        valid_row = outcomes.source.eq(repeat.source) & outcomes.reason.isna()
+        outcomes.loc[valid_row, "rows"] -= repeat.rows
+    outcomes = pd.concat(
+        [outcomes, repeats.assign(reason=None, is_duplicate=True)], ignore_index=True
     )
-    report = _count(
-        warehouse,
-        outcomes.select("source", "reason", is_duplicate=outcomes._repeat.notnull()),
-        files,
-        "events",
-    )
+    report = _count(outcomes, files, "events")
 
     valid = classified.filter(classified.reason.isnull()).anti_join(
         duplicates, ["source", "row_number"]
@@ -182,19 +193,17 @@ def _with_attributes(users: pa.Table) -> pa.Table:
     return users.append_column("attributes", pa.array(values, pa.string()))
 
 
-def _count(
-    warehouse: WarehouseResource, classified: ir.Table, files: list[StagedFile], kind: str
-) -> IngestionReport:
-    grouped = classified.group_by("source", "reason", "is_duplicate").agg(rows=classified.count())
+def _count(grouped: pd.DataFrame, files: list[StagedFile], kind: str) -> IngestionReport:
+    """Reconcile `source, reason, is_duplicate, rows` counts with what each file held."""
     report = IngestionReport(kind=kind)
     by_source = {f.source: Counter[str]() for f in files}
-    for row in warehouse.execute(grouped).itertuples(index=False):
+    for source, reason, is_duplicate, rows in zip(
+        grouped.source, grouped.reason, grouped.is_duplicate, grouped.rows, strict=True
+    ):
         outcome = (
-            row.reason
-            if isinstance(row.reason, str)
-            else ("duplicate" if row.is_duplicate else "accepted")
+            reason if isinstance(reason, str) else ("duplicate" if is_duplicate else "accepted")
         )
-        by_source[row.source][outcome] += int(row.rows)
+        by_source[str(source)][outcome] += int(rows)
     for staged in files:
         if staged.malformed:
             by_source[staged.source]["malformed_row"] += len(staged.malformed)
