@@ -63,7 +63,7 @@ def run(
     end: str | None,
 ) -> None:
     """Materialize every asset in process over all the data and print a summary."""
-    from onboarding_pipeline.runner import PipelineFailed, data_partition_range, run_pipeline
+    from onboarding_pipeline.runner import data_partition_range, run_pipeline
 
     settings = Settings.from_env().with_overrides(
         data_dir=data_dir,
@@ -82,11 +82,10 @@ def run(
         summary = run_pipeline(settings, partition_range=span, echo=click.echo)
     except (ConfigError, InputError) as error:
         raise click.ClickException(str(error)) from None
-    except PipelineFailed as error:
-        click.echo(f"Pipeline stopped: {error}", err=True)
-        sys.exit(1)
     for line in summary.lines():
         click.echo(line)
+    if summary.failures:
+        sys.exit(1)
 
 
 @main.command("generate-sample")

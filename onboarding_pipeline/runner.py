@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster import DagsterInstance, Definitions, TimeWindowPartitionsDefinition
+from dagster import AssetKey, DagsterInstance, Definitions, TimeWindowPartitionsDefinition
 
 from onboarding_pipeline.activation.model import ModelStore
 from onboarding_pipeline.code_location import build_definitions
@@ -46,10 +46,6 @@ nux:
 _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
-class PipelineFailed(RuntimeError):
-    """A step failed or a blocking check stopped the run."""
-
-
 @dataclass
 class RunSummary:
     settings: Settings
@@ -62,6 +58,7 @@ class RunSummary:
     model: str = "-"
     users_scored: int = 0
     events_by_class: dict[str, list[str]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -70,8 +67,9 @@ class RunSummary:
         span = (
             f"{self.partition_range[0]}..{self.partition_range[1]}" if self.partition_range else "-"
         )
+        status = f"{len(self.failures)} asset(s) failed" if self.failures else "Done"
         return [
-            f"Done in {self.seconds:.1f} s over partitions {span}.",
+            f"{status} in {self.seconds:.1f} s over partitions {span}.",
             f"  users ingested:     {self.users}",
             f"  events ingested:    {self.events}",
             f"  rows quarantined:   {quarantined}" + (f" ({reasons})" if reasons else ""),
@@ -89,6 +87,7 @@ class RunSummary:
             f"{self.settings.output_dir / 'charts'}",
             f"  output directory:   {self.settings.output_dir}",
             f"  Dagster run history: DAGSTER_HOME={self.dagster_home}",
+            *[f"FAILED {name}: {text}" for name, text in self.failures.items()],
         ]
 
 
@@ -134,20 +133,31 @@ def run_pipeline(
     partition_range: tuple[str, str] | None = None,
     echo: Callable[[str], None] = print,
 ) -> RunSummary:
-    """Materialize every asset in dependency order; raise `PipelineFailed` on the first failure."""
+    """Materialize every asset in dependency order.
+
+    Like a Dagster run, a failure (or a failed blocking check) skips only what depends on it;
+    the summary lists both, and the caller decides the exit status.
+    """
     started = time.monotonic()
     defs = build_definitions(settings)
     instance, home = local_instance(settings.output_dir)
     span = partition_range or data_partition_range(settings, defs)
     job = defs.resolve_implicit_global_asset_job_def()
-    keys = list(defs.resolve_asset_graph().toposorted_asset_keys)
+    graph = defs.resolve_asset_graph()
+    keys = list(graph.toposorted_asset_keys)
+    failures: dict[str, str] = {}
+    skipped: set[AssetKey] = set()
     try:
         for index, key in enumerate(keys, start=1):
+            label = key.to_user_string()
+            if any(parent in skipped for parent in graph.get(key).parent_keys):
+                skipped.add(key)
+                echo(f"[{index}/{len(keys)}] {label} skipped: an upstream asset failed")
+                continue
             partitioned = defs.resolve_assets_def(key).partitions_def is not None
             tags = (
                 {RANGE_START_TAG: span[0], RANGE_END_TAG: span[1]} if partitioned and span else {}
             )
-            label = key.to_user_string()
             scope = f" ({tags[RANGE_START_TAG]}..{tags[RANGE_END_TAG]})" if tags else ""
             echo(f"[{index}/{len(keys)}] {label}{scope} ...")
             step_started = time.monotonic()
@@ -159,11 +169,15 @@ def run_pipeline(
                 run_config=_QUIET_CONSOLE,
             )
             if not result.success:
-                raise PipelineFailed(f"{label} failed:\n" + _failure_text(result))
+                failures[label] = _failure_text(result)
+                skipped.add(key)
+                echo(f"      FAILED: {failures[label]}")
+                continue
             echo(f"      done in {time.monotonic() - step_started:.1f} s")
     finally:
         instance.dispose()
     summary = summarize(settings, home, span)
+    summary.failures = failures
     summary.seconds = time.monotonic() - started
     return summary
 

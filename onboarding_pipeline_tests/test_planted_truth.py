@@ -105,3 +105,29 @@ def test_cli_names_the_config_problem(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "sesion_timeout_minutes: unknown key" in result.output
     assert str(tmp_path / "onboarding.yaml") in result.output
+
+
+def test_cli_on_too_little_data_fails_only_what_cannot_be_done(tmp_path: Path) -> None:
+    """A fresh export with a handful of users: everything runs but the model (and the scores
+    that need it), and the summary says why."""
+    from onboarding_pipeline_tests.conftest import write
+    from onboarding_pipeline_tests.test_ingestion import EVENTS, USERS
+
+    write(tmp_path, "users.csv", USERS)
+    write(tmp_path, "events.csv", EVENTS)
+    write(
+        tmp_path,
+        "onboarding.yaml",
+        "aha_events: [search]\npartitions_start_date: 2026-01-01\n"
+        "ingestion:\n  max_quarantine_share: 0.9\n",
+    )
+    result = CliRunner().invoke(
+        main, ["run", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 1, result.output
+    assert "FAILED activation_model" in result.output
+    assert "min_training_users" in result.output
+    assert "activation_scores skipped" in result.output
+    for ran in ("sessions", "user_features", "critical_path", "funnel", "friction_clusters"):
+        assert f"{ran} skipped" not in result.output
+    assert "sessions:           3" in result.output

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import ibis
 import pandas as pd
+import pyarrow as pa
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -273,10 +274,14 @@ def critical_path(
     )
 
 
-def table_to_arrow(frame: pd.DataFrame):  # type: ignore[no-untyped-def]
-    import pyarrow as pa
-
-    return pa.Table.from_pandas(frame, preserve_index=False)
+def table_to_arrow(frame: pd.DataFrame) -> pa.Table:
+    """Arrow with a type for every column: an empty or all-missing column becomes text
+    (the warehouse cannot store a column of type NULL)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for index, column in enumerate(table.schema):
+        if pa.types.is_null(column.type):
+            table = table.set_column(index, column.name, table[column.name].cast(pa.string()))
+    return table
 
 
 def first_occurrences(warehouse: WarehouseResource, names: list[str]) -> pd.DataFrame:
@@ -301,7 +306,7 @@ def funnel(
     steps = list(config.funnel_steps)
     firsts = first_occurrences(warehouse, [*steps, *config.aha_events])
     table = build_funnel(features, firsts, steps, config.activation_window_days, pd.Timestamp(now))
-    warehouse.replace_table("funnel", ibis.memtable(table))
+    warehouse.replace_table("funnel", ibis.memtable(table_to_arrow(table)))
     overall = table[table.segment_type == "overall"]
     shown = ["step", "users_reached", "conversion_from_start", "conversion_from_previous"]
     return MaterializeResult(
@@ -349,7 +354,7 @@ def onboarding_kpis(
     )
     # Nullable boolean: None where no target is set (a column of only None has no type).
     table = table.assign(meets_target=table.meets_target.astype("boolean"))
-    warehouse.replace_table("onboarding_kpis", ibis.memtable(table))
+    warehouse.replace_table("onboarding_kpis", ibis.memtable(table_to_arrow(table)))
     overall = table[table.signup_week == "all"]
     return MaterializeResult(
         metadata={
@@ -383,7 +388,7 @@ def friction_clusters(
         fixes=dict(config.friction.fixes),
         window_days=config.activation_window_days,
     )
-    warehouse.replace_table("friction_clusters", ibis.memtable(clusters))
+    warehouse.replace_table("friction_clusters", ibis.memtable(table_to_arrow(clusters)))
     return MaterializeResult(
         metadata={
             "dagster/row_count": len(clusters),
