@@ -20,40 +20,15 @@ from statsmodels.stats.contingency_tables import Table2x2
 from statsmodels.stats.multitest import multipletests
 
 from onboarding_pipeline.config.product import CriticalPathRules
+from onboarding_pipeline.warehouse.tables import CRITICAL_PATH
 
 SEGMENT_TYPES = ("role", "plan", "company_size")
 # Every segment attribute is held fixed in the adjusted model: leaving one out lets events
 # that merely differ by segment pose as drivers.
 ADJUST_FOR = ("role", "plan", "company_size", "use_case", "tech_savvy")
 MIN_CELL = 5  # each of did/didn't x activated/not needs this many users for a stable estimate
-COLUMNS = [
-    "segment_type",
-    "segment",
-    "event_name",
-    "users_with_event",
-    "users_without_event",
-    "activation_rate_with",
-    "activation_rate_without",
-    "lift",
-    "odds_ratio",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "q_value",
-    "adjusted_effect",
-    "adjusted_ci_low",
-    "adjusted_ci_high",
-    "adjusted_p_value",
-    "adjusted_q_value",
-    "best_threshold_n",
-    "best_threshold_days",
-    "threshold_precision",
-    "threshold_recall",
-    "median_hours_to_event_activators",
-    "support_ok",
-    "note",
-    "classification",
-]
+# The output contract lives with the table definition.
+COLUMNS = list(CRITICAL_PATH.schema.names)
 
 
 def critical_path(

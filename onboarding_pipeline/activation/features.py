@@ -55,22 +55,35 @@ def user_outcomes(
 
 def early_events(events: ir.Table, outcomes: ir.Table, config: ProductConfig) -> ir.Table:
     """Events in the observation horizon, before activation, aha events excluded."""
-    horizon = ibis.interval(hours=config.observation_hours)
+    joined = _with_timeline(events, outcomes)
+    early = joined.filter(
+        _in_early_horizon(joined, joined.timestamp, config)
+        & ~joined.event_name.isin(config.aha_events)
+    )
+    hours = (early.timestamp.epoch_seconds() - early._signup_at.epoch_seconds()) / 3600.0
+    return early.select("user_id", "event_name", "timestamp", hours_since_signup=hours)
+
+
+def _with_timeline(rows: ir.Table, outcomes: ir.Table) -> ir.Table:
+    """`rows` with their user's `_signup_at` and `_activation_at` (null if not activated)."""
     people = outcomes.select(
         _user_id=outcomes.user_id,
         _signup_at=outcomes.signup_at,
         _activation_at=outcomes.activation_at,
     )
-    joined = events.join(people, events.user_id == people._user_id)
-    in_horizon = (
-        (joined.timestamp >= joined._signup_at)
-        & (joined.timestamp < joined._signup_at + horizon)
-        & (joined._activation_at.isnull() | (joined.timestamp < joined._activation_at))
-        & ~joined.event_name.isin(config.aha_events)
+    return rows.join(people, rows.user_id == people._user_id)
+
+
+def _in_early_horizon(
+    rows: ir.Table, moment: ir.TimestampValue, config: ProductConfig
+) -> ir.BooleanValue:
+    """In the first `observation_hours` after signup and before the activation moment."""
+    horizon = ibis.interval(hours=config.observation_hours)
+    return (
+        (moment >= rows._signup_at)
+        & (moment < rows._signup_at + horizon)
+        & (rows._activation_at.isnull() | (moment < rows._activation_at))
     )
-    early = joined.filter(in_horizon)
-    hours = (early.timestamp.epoch_seconds() - early._signup_at.epoch_seconds()) / 3600.0
-    return early.select("user_id", "event_name", "timestamp", hours_since_signup=hours)
 
 
 def choose_feature_events(early: ir.Table, config: ProductConfig, backend: object) -> list[str]:
@@ -114,18 +127,8 @@ def feature_table(
         ).min(),
         **per_event,
     )
-    horizon = ibis.interval(hours=config.observation_hours)
-    people = outcomes.select(
-        _user_id=outcomes.user_id,
-        _signup_at=outcomes.signup_at,
-        _activation_at=outcomes.activation_at,
-    )
-    joined = sessions.join(people, sessions.user_id == people._user_id)
-    early_sessions = joined.filter(
-        (joined.session_start >= joined._signup_at)
-        & (joined.session_start < joined._signup_at + horizon)
-        & (joined._activation_at.isnull() | (joined.session_start < joined._activation_at))
-    )
+    joined = _with_timeline(sessions, outcomes)
+    early_sessions = joined.filter(_in_early_horizon(joined, joined.session_start, config))
     session_counts = early_sessions.group_by(_session_user="user_id").agg(
         sessions=early_sessions.count()
     )
