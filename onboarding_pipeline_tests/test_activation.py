@@ -157,10 +157,13 @@ def test_critical_path_recovers_planted_drivers_vanity_and_blockers(run: Run) ->
     kinds = overall.classification
     assert {e for e in DRIVERS if kinds[e] == "driver"} == DRIVERS, kinds.to_dict()
     assert {e for e in BLOCKERS if kinds[e] == "blocker"} == BLOCKERS, kinds.to_dict()
-    assert not {e for e in VANITY if kinds[e] == "driver"}, kinds.to_dict()
-    assert {e for e in VANITY if kinds[e] == "vanity"}, kinds.to_dict()
-    for event in VANITY & set(kinds[kinds == "vanity"].index):
+    assert {e for e in VANITY if kinds[e] == "vanity"} == VANITY, kinds.to_dict()
+    for event in VANITY:
+        # Vanity: a real naive lift that vanishes once the other behaviour is held fixed.
         assert overall.loc[event, "lift"] >= CONFIG.critical_path.vanity_min_lift
+        assert overall.loc[event, "adjusted_ci_low"] < 0 < overall.loc[event, "adjusted_ci_high"]
+    for event in DRIVERS:
+        assert overall.loc[event, "adjusted_ci_low"] > 0
 
     # "Without" is the activation rate of users who did NOT do the event (the seed's bug).
     did = closed.n_data_source_connected > 0
