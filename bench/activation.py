@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ingest_sessions import RESULTS, ensure_data
+from ingest_sessions import RESULTS, ensure_data, run_child
 
 
 def measure(data_dir: Path) -> dict[str, float]:
@@ -96,13 +95,7 @@ def main() -> None:
         data_dir = ensure_data(size)
         # First child prepares the warehouse (untimed); the second measures from sessions on.
         for _ in range(2):
-            child = subprocess.run(
-                [sys.executable, __file__, "--child", str(data_dir)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-        figures = json.loads(child.stdout.strip().splitlines()[-1])
+            figures = run_child(Path(__file__), data_dir)
         rows.append(figures)
         print(
             f"{figures['events']:>11,} events, {figures['users']:,} users: "

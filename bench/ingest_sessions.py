@@ -61,6 +61,18 @@ def measure(data_dir: Path, workdir: Path) -> dict[str, float]:
     }
 
 
+def run_child(script: Path, data_dir: Path) -> dict[str, float]:
+    """Run `script --child data_dir` in a fresh process; its last line is the figures (JSON)."""
+    child = subprocess.run(
+        [sys.executable, str(script), "--child", str(data_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    figures: dict[str, float] = json.loads(child.stdout.strip().splitlines()[-1])
+    return figures
+
+
 def ensure_data(events: int) -> Path:
     from onboarding_pipeline.sample_data import generate_sample
 
@@ -90,13 +102,7 @@ def main() -> None:
     for size in args.events:
         data_dir = ensure_data(size)
         size_mib = (data_dir / "events.csv").stat().st_size / 2**20
-        child = subprocess.run(
-            [sys.executable, __file__, "--child", str(data_dir)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        figures = json.loads(child.stdout.strip().splitlines()[-1])
+        figures = run_child(Path(__file__), data_dir)
         figures["csv_mib"] = size_mib
         rows.append(figures)
         print(

@@ -50,6 +50,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from onboarding_pipeline.config.product import USER_COLUMNS
+
 __all__ = [
     "BLOCK_USERS",
     "DEFAULT_NOW",
@@ -236,21 +238,8 @@ INVALID_PROPERTIES = ("[1,2", '"text"', "[1, 2, 3]", "42", '{"plan": "pro"', "no
 UNPARSEABLE_SIGNUPS = ("not-a-date", "2026-02-30T09:00:00Z", "13/13/2026", "2026-13-01T00:00:00Z")
 
 EVENTS_COLUMNS = ("event_id", "user_id", "event_name", "timestamp", "session_id", "properties")
-USERS_COLUMNS = (
-    "user_id",
-    "signup_at",
-    "account_id",
-    "email",
-    "first_name",
-    "job_title",
-    "role",
-    "company",
-    "company_size",
-    "plan",
-    "use_case",
-    "tech_savvy",
-    "platform",
-)
+# The input contract of users, plus `platform`: an extra column kept as an attribute.
+USERS_COLUMNS = (*USER_COLUMNS, "platform")
 
 # Dirty-row rates per block of clean events.
 DUPLICATE_RATE = 0.005
