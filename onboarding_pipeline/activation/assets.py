@@ -18,6 +18,7 @@ from dagster import (
 from onboarding_pipeline.activation.critical_path import critical_path as judge_events
 from onboarding_pipeline.activation.features import (
     build_features,
+    count_true,
     daily_early_counts,
     leakage_violations,
     now_of,
@@ -92,9 +93,9 @@ def user_features(
     counts = warehouse.execute(
         stored.aggregate(
             users=stored.count(),
-            closed_window=stored.window_closed.cast("int64").sum(),
-            activated=(stored.label == 1).cast("int64").sum(),
-            open_window=stored.label.isnull().cast("int64").sum(),
+            closed_window=count_true(stored.window_closed),
+            activated=count_true(stored.label == 1),
+            open_window=count_true(stored.label.isnull()),
         )
     ).iloc[0]
     context.log.info(f"features for {int(counts['users'])} users; now = {now:%Y-%m-%d %H:%M}")

@@ -21,6 +21,11 @@ from onboarding_pipeline.config import ProductConfig
 SEGMENT_COLUMNS = ("role", "company_size", "plan", "use_case", "tech_savvy")
 
 
+def count_true(flags: ir.BooleanColumn) -> ir.IntegerScalar:
+    """How many rows are true (PostgreSQL cannot cast a boolean to bigint)."""
+    return ibis.ifelse(flags, 1, 0).sum()
+
+
 def now_of(events: ir.Table, config: ProductConfig, backend: object) -> datetime:
     """ "Now": the configured `as_of`, else the watermark (the latest accepted event)."""
     now = config.as_of or backend.execute(events.timestamp.max())  # type: ignore[attr-defined]
@@ -60,7 +65,8 @@ def early_events(events: ir.Table, outcomes: ir.Table, config: ProductConfig) ->
         _in_early_horizon(joined, joined.timestamp, config)
         & ~joined.event_name.isin(config.aha_events)
     )
-    hours = (early.timestamp.epoch_seconds() - early._signup_at.epoch_seconds()) / 3600.0
+    # Millisecond differences: the same number on every engine.
+    hours = early.timestamp.delta(early._signup_at, unit="millisecond").cast("float64") / 3.6e6
     return early.select("user_id", "event_name", "timestamp", hours_since_signup=hours)
 
 
@@ -105,7 +111,7 @@ def feature_table(
     per_event = {}
     for index, name in enumerate(feature_events):
         is_event = early.event_name == name
-        per_event[f"n__{index}"] = is_event.cast("int64").sum()
+        per_event[f"n__{index}"] = count_true(is_event)
         per_event[f"h__{index}"] = ibis.ifelse(is_event, early.hours_since_signup, None).min()
     steps = [s for s in config.funnel_steps if s not in config.aha_events]
     key_actions = [*steps[1:], *config.invite_events.sent]
@@ -114,14 +120,14 @@ def feature_table(
 
     def count_distinct(flags: list[ir.BooleanValue]) -> ir.IntegerValue:
         # A few known values: one max() per value is much cheaper than a distinct count.
-        return sum((flag.max().cast("int64") for flag in flags), ibis.literal(0))
+        return sum((ibis.ifelse(flag.any(), 1, 0) for flag in flags), ibis.literal(0))
 
     behaviour = early.group_by("user_id").agg(
         early_events=early.count(),
         active_days=count_distinct([day == d for d in range(horizon_days)]),
         onboarding_steps_completed=count_distinct([early.event_name == s for s in steps]),
-        invites_sent=early.event_name.isin(config.invite_events.sent).cast("int64").sum(),
-        invites_accepted=early.event_name.isin(config.invite_events.accepted).cast("int64").sum(),
+        invites_sent=count_true(early.event_name.isin(config.invite_events.sent)),
+        invites_accepted=count_true(early.event_name.isin(config.invite_events.accepted)),
         hours_to_first_key_action=ibis.ifelse(
             early.event_name.isin(key_actions), early.hours_since_signup, None
         ).min(),

@@ -21,6 +21,7 @@ from onboarding_pipeline.config.product import EVENT_COLUMNS, USER_COLUMNS, Prod
 from onboarding_pipeline.ingestion.readers import StagedFile
 from onboarding_pipeline.ingestion.sources import EventSource
 from onboarding_pipeline.ingestion.validation import (
+    PARSED_SUFFIX,
     classify_events,
     classify_users,
     duplicate_rows,
@@ -58,7 +59,8 @@ def ingest_users(
     """Replace `raw_users` with the accepted users of the source; quarantine the rest."""
     files = source.read_users(config.column_mapping.users)
     con = warehouse.connect()
-    staged = warehouse.stage("_staged_users", _with_attributes(_combine(files, USER_COLUMNS)))
+    users = _with_attributes(_combine(files, USER_COLUMNS))
+    staged = warehouse.stage("_staged_users", _parse_if_needed(warehouse, users, "signup_at"))
     classified = con.create_table(
         "_classified_users", classify_users(staged), temp=True, overwrite=True
     )
@@ -75,7 +77,11 @@ def ingest_users(
     rejected = classified.filter(classified.reason.notnull()).select(
         "source", "row_number", "reason", "field", event_date=ibis.null("date")
     )
-    originals = [c for c in staged.columns if c not in (*_BOOKKEEPING, "attributes")]
+    originals = [
+        c
+        for c in staged.columns
+        if c not in (*_BOOKKEEPING, "attributes") and not c.endswith(PARSED_SUFFIX)
+    ]
     _replace_quarantine(
         warehouse,
         "users",
@@ -110,7 +116,9 @@ def ingest_events(
     text = _combine(files, EVENT_COLUMNS)
     originals = [c for c in text.column_names if c not in _BOOKKEEPING]
     users = warehouse.to_pyarrow(warehouse.table(RAW_USERS.name).select("user_id", "signup_at"))
-    staged = ibis.memtable(_attach_signups(text, users))
+    staged = _attach_signups(text, users)
+    staged = _parse_if_needed(warehouse, staged, "timestamp", properties=True)
+    staged = ibis.memtable(staged)
     expression = classify_events(
         staged,
         future_limit=reference + timedelta(hours=rules.future_tolerance_hours),
@@ -170,6 +178,34 @@ def _combine(files: list[StagedFile], columns: tuple[str, ...]) -> pa.Table:
     if "row_number" not in combined.column_names:
         combined = combined.append_column("row_number", pa.array([], pa.int64()))
     return combined
+
+
+def _parse_if_needed(
+    warehouse: WarehouseResource, table: pa.Table, column: str, *, properties: bool = False
+) -> pa.Table:
+    """PostgreSQL has no TRY_CAST: parse `column` (unparseable -> null) and check the
+    properties here, so one bad value cannot fail a whole statement. DuckDB does both in the
+    warehouse, much faster."""
+    if warehouse.engine == "duckdb":
+        return table
+    text = table[column].to_pandas()
+    stamps = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+    table = table.append_column(
+        column + PARSED_SUFFIX, pa.array(stamps, pa.timestamp("us", tz="UTC"), from_pandas=True)
+    )
+    if properties:
+        checked = [
+            value is None or _is_json_object(value) for value in table["properties"].to_pylist()
+        ]
+        table = table.append_column("properties" + PARSED_SUFFIX, pa.array(checked, pa.bool_()))
+    return table
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _attach_signups(events: pa.Table, users: pa.Table) -> pa.Table:

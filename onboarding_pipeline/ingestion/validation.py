@@ -46,13 +46,33 @@ def blank_to_null(value: ir.StringValue) -> ir.StringValue:
     return ibis.ifelse(value.strip() == "", ibis.null(), value)
 
 
+PARSED_SUFFIX = "__parsed"
+
+
 def parse_timestamp(value: ir.StringValue) -> ir.TimestampValue:
     """ISO-8601 text to a UTC timestamp: `Z` and offsets honoured, naive read as UTC."""
     return value.try_cast(UTC_TIMESTAMP)
 
 
+def parsed(staged: ir.Table, column: str) -> ir.TimestampValue:
+    """The parsed timestamp of `column`: parsed at staging where the engine cannot TRY_CAST
+    (PostgreSQL), else parsed here."""
+    name = column + PARSED_SUFFIX
+    return staged[name] if name in staged.columns else parse_timestamp(staged[column])
+
+
 def content_hash(*values: ir.StringValue) -> ir.StringValue:
     return md5(ibis.literal(_SEPARATOR).join([v.fill_null("") for v in values]))
+
+
+def properties_are_an_object(staged: ir.Table) -> ir.BooleanValue:
+    """Valid JSON that starts with "{" is an object; anything else is not a property bag.
+    (Checked at staging where the engine cannot TRY_CAST to JSON.)"""
+    name = "properties" + PARSED_SUFFIX
+    if name in staged.columns:
+        return staged[name]
+    text = staged.properties
+    return text.try_cast("json").notnull() & text.startswith("{")
 
 
 def classify_users(staged: ir.Table) -> ir.Table:
@@ -63,7 +83,9 @@ def classify_users(staged: ir.Table) -> ir.Table:
     """
     user_id = blank_to_null(staged.user_id)
     signup_text = blank_to_null(staged.signup_at)
-    signup_at = parse_timestamp(signup_text)
+    signup_at = ibis.ifelse(
+        signup_text.isnull(), ibis.null(UTC_TIMESTAMP), parsed(staged, "signup_at")
+    )
     rows = staged.mutate(user_id=user_id, signup_at=signup_at, _signup_text=signup_text)
     first_rule = ibis.cases(
         (rows.user_id.isnull(), "missing_user_id"),
@@ -73,7 +95,10 @@ def classify_users(staged: ir.Table) -> ir.Table:
     )
     rows = rows.mutate(reason=first_rule)
     content_columns = [
-        c for c in rows.columns if c not in {"source", "row_number", "reason", "signup_at"}
+        c
+        for c in rows.columns
+        if c not in {"source", "row_number", "reason", "signup_at"}
+        and not c.endswith(PARSED_SUFFIX)
     ]
     rows = rows.mutate(_content=content_hash(*[rows[c].cast("string") for c in content_columns]))
     order = ibis.window(
@@ -118,11 +143,9 @@ def classify_events(
     collapse to one row.
     """
     rows = staged.mutate(
-        timestamp=parse_timestamp(staged.timestamp),
+        timestamp=parsed(staged, "timestamp"),
         timestamp_text=staged.timestamp,
-        # Valid JSON that starts with "{" is an object; anything else is not a property bag.
-        _properties_ok=staged.properties.isnull()
-        | (staged.properties.try_cast("json").notnull() & staged.properties.startswith("{")),
+        _properties_ok=staged.properties.isnull() | properties_are_an_object(staged),
     )
     signup_floor = rows._signup_at - ibis.interval(
         seconds=int(pre_signup_tolerance.total_seconds())

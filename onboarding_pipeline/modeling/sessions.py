@@ -24,7 +24,7 @@ def inactivity_sessions(events: ir.Table, timeout: timedelta) -> ir.Table:
     previous = events.timestamp.lag().over(order)
     gap_limit = ibis.interval(seconds=int(timeout.total_seconds()))
     starts_session = previous.isnull() | (events.timestamp > previous + gap_limit)
-    numbered = events.mutate(_starts=starts_session.cast("int64"))
+    numbered = events.mutate(_starts=ibis.ifelse(starts_session, 1, 0))
     numbered = numbered.mutate(
         _session_number=numbered._starts.cumsum(
             group_by="user_id", order_by=["timestamp", "event_id"]
@@ -35,10 +35,11 @@ def inactivity_sessions(events: ir.Table, timeout: timedelta) -> ir.Table:
         session_end=numbered.timestamp.max(),
         event_count=numbered.count(),
     )
+    start = sessions.session_start
+    # Letters stay outside strftime: PostgreSQL's to_char reads "T" in "%dT" as a suffix.
+    readable_start = start.strftime("%Y%m%d").concat("T", start.strftime("%H%M%S.%f"), "Z")
     return sessions.mutate(
-        session_id=sessions.user_id.concat(
-            "#", sessions.session_start.strftime("%Y%m%dT%H%M%S.%fZ")
-        ),
+        session_id=sessions.user_id.concat("#", readable_start),
         session_id_source=ibis.literal("inactivity"),
     ).drop("_session_number")
 
