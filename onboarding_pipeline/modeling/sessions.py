@@ -20,15 +20,15 @@ from onboarding_pipeline.warehouse.tables import RAW_EVENTS, SESSIONS
 def inactivity_sessions(events: ir.Table, timeout: timedelta) -> ir.Table:
     """Sessions of events without a supplied session id, split at gaps longer than `timeout`."""
     events = events.filter(events.session_id.isnull())
-    order = ibis.window(group_by="user_id", order_by=["timestamp", "event_id"])
+    # Events at the same instant land in the same session whatever their order, so the
+    # timestamp alone orders the window (no string tie-breaker to sort by).
+    order = ibis.window(group_by="user_id", order_by="timestamp")
     previous = events.timestamp.lag().over(order)
     gap_limit = ibis.interval(seconds=int(timeout.total_seconds()))
     starts_session = previous.isnull() | (events.timestamp > previous + gap_limit)
     numbered = events.mutate(_starts=ibis.ifelse(starts_session, 1, 0))
     numbered = numbered.mutate(
-        _session_number=numbered._starts.cumsum(
-            group_by="user_id", order_by=["timestamp", "event_id"]
-        )
+        _session_number=numbered._starts.cumsum(group_by="user_id", order_by="timestamp")
     )
     sessions = numbered.group_by("user_id", "_session_number").agg(
         session_start=numbered.timestamp.min(),
