@@ -1,0 +1,1 @@
+"""Weekly report and its delivery to Slack and email."""
