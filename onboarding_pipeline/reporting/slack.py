@@ -32,8 +32,9 @@ class SlackResource(ConfigurableResource):
     def client(self) -> WebClient | None:
         if not self.token:
             return None
-        kwargs = {"base_url": self.base_url} if self.base_url else {}
-        client = WebClient(token=self.token, timeout=30, **kwargs)
+        client = WebClient(
+            token=self.token, base_url=self.base_url or WebClient.BASE_URL, timeout=30
+        )
         # slack-sdk installs a connection-error handler by default; add 429 and 5xx handling.
         client.retry_handlers.append(
             RateLimitErrorRetryHandler(max_retry_count=self.max_rate_limit_retries)
