@@ -1,0 +1,1 @@
+"""Engagement: paths, health scores, stalls, interventions and nudges."""
