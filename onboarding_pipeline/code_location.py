@@ -14,8 +14,9 @@ from onboarding_pipeline.activation.assets import (
     user_features,
 )
 from onboarding_pipeline.config import load_config
+from onboarding_pipeline.connectors.assets import source_sync
+from onboarding_pipeline.connectors.resource import source_resource
 from onboarding_pipeline.ingestion.assets import build_raw_events, raw_users
-from onboarding_pipeline.ingestion.sources import FileSource
 from onboarding_pipeline.modeling.assets import build_sessions
 from onboarding_pipeline.partitions import daily_partitions
 from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
@@ -29,6 +30,7 @@ def build_definitions(settings: Settings) -> Definitions:
     warehouse = WarehouseResource(url=settings.warehouse_url)
     return Definitions(
         assets=[
+            source_sync,
             raw_users,
             build_raw_events(partitions),
             build_sessions(partitions),
@@ -42,7 +44,7 @@ def build_definitions(settings: Settings) -> Definitions:
         ],
         resources={
             "warehouse": warehouse,
-            "source": FileSource(data_dir=str(settings.data_dir)),
+            "source": source_resource(config, settings),
             "product_config": ProductConfigResource(path=str(settings.config_path)),
             "outputs": OutputDirResource(path=str(settings.output_dir)),
         },

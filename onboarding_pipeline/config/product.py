@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from onboarding_pipeline.connectors.config import FilesSourceSettings, SourceSettings
+
 USER_COLUMNS = (
     "user_id",
     "signup_at",
@@ -152,6 +154,8 @@ class ProductConfig(_Strict):
     retention_days: int = Field(default=30, ge=1, le=365)
     kpi_targets: KpiTargets = Field(default_factory=KpiTargets)
     friction: FrictionRules = Field(default_factory=FrictionRules)
+    # Where events come from: files (default), mixpanel, amplitude or posthog.
+    source: SourceSettings = Field(default_factory=FilesSourceSettings)
     # Sections that later stages fill; kept as plain mappings until those stages validate them.
     segments: dict[str, Any] = Field(default_factory=dict)
     paths: dict[str, Any] = Field(default_factory=dict)

@@ -17,6 +17,7 @@ from dagster import (
     asset,
 )
 
+from onboarding_pipeline.connectors.assets import source_sync
 from onboarding_pipeline.ingestion.load import IngestionReport, ingest_events, ingest_users
 from onboarding_pipeline.ingestion.quality import (
     duplicate_event_ids,
@@ -24,7 +25,7 @@ from onboarding_pipeline.ingestion.quality import (
     event_key_violations,
     user_key_violations,
 )
-from onboarding_pipeline.ingestion.sources import FileSource
+from onboarding_pipeline.ingestion.sources import SourceResource
 from onboarding_pipeline.resources import ProductConfigResource
 from onboarding_pipeline.warehouse import WarehouseResource
 from onboarding_pipeline.warehouse.metadata import preview, table_definition_metadata
@@ -60,12 +61,13 @@ def report_metadata(report: IngestionReport) -> dict[str, Any]:
     group_name="ingestion",
     kinds=KINDS,
     metadata=table_definition_metadata(RAW_USERS),
+    deps=[source_sync],
     check_specs=[AssetCheckSpec("user_keys_valid", asset="raw_users", blocking=True)],
 )
 def raw_users(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
-    source: FileSource,
+    source: SourceResource,
     product_config: ProductConfigResource,
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """Every accepted user of the input, one row each, signup_at in UTC.
@@ -95,7 +97,7 @@ def build_raw_events(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
         partitions_def=partitions,
         # One run reads the files once for a whole backfill range.
         backfill_policy=BackfillPolicy.single_run(),
-        deps=[raw_users],
+        deps=[raw_users, source_sync],
         metadata=table_definition_metadata(RAW_EVENTS),
         check_specs=[
             AssetCheckSpec("event_keys_valid", asset="raw_events", blocking=True),
@@ -107,7 +109,7 @@ def build_raw_events(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
     def raw_events(
         context: AssetExecutionContext,
         warehouse: WarehouseResource,
-        source: FileSource,
+        source: SourceResource,
         product_config: ProductConfigResource,
     ) -> Iterator[MaterializeResult | AssetCheckResult]:
         """Accepted, de-duplicated events of the day(s), timestamps in UTC.

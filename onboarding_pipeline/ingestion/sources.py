@@ -26,7 +26,17 @@ class EventSource(Protocol):
     def read_events(self, mapping: dict[str, str]) -> list[StagedFile]: ...
 
 
-class FileSource(ConfigurableResource):
+class SourceResource(ConfigurableResource):
+    """Common type of the `source` resource: a data directory or a connector's landing folder."""
+
+    def read_users(self, mapping: dict[str, str]) -> list[StagedFile]:
+        raise NotImplementedError
+
+    def read_events(self, mapping: dict[str, str]) -> list[StagedFile]:
+        raise NotImplementedError
+
+
+class FileSource(SourceResource):
     """A data directory: `users.<csv|parquet|jsonl>` and `events*.<csv|parquet|jsonl>`.
 
     More event files may sit in an `events/` folder; every file is read on each run and the

@@ -1,0 +1,1 @@
+"""Connectors that land PostHog, Mixpanel and Amplitude events where ingestion reads them."""
