@@ -18,6 +18,7 @@ from onboarding_pipeline.connectors.assets import source_sync
 from onboarding_pipeline.connectors.resource import source_resource
 from onboarding_pipeline.ingestion.assets import build_raw_events, raw_users
 from onboarding_pipeline.modeling.assets import build_sessions
+from onboarding_pipeline.orchestration import add_orchestration
 from onboarding_pipeline.partitions import daily_partitions
 from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
 from onboarding_pipeline.settings import Settings
@@ -28,7 +29,7 @@ def build_definitions(settings: Settings) -> Definitions:
     config = load_config(settings.config_path)
     partitions = daily_partitions(config)
     warehouse = WarehouseResource(url=settings.warehouse_url)
-    return Definitions(
+    defs = Definitions(
         assets=[
             source_sync,
             raw_users,
@@ -51,3 +52,4 @@ def build_definitions(settings: Settings) -> Definitions:
         # An embedded DuckDB file takes one writer at a time: run steps in one process.
         executor=in_process_executor if warehouse.engine == "duckdb" else multiprocess_executor,
     )
+    return add_orchestration(defs, config, partitions)
