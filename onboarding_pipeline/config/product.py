@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from onboarding_pipeline.config.engagement import (
+    HealthRules,
+    InterventionRules,
+    OnboardingPath,
+    SegmentRule,
+    default_path,
+)
 from onboarding_pipeline.connectors.config import FilesSourceSettings, SourceSettings
 
 USER_COLUMNS = (
@@ -129,6 +136,54 @@ class FrictionRules(_Strict):
     fixes: dict[str, str] = Field(default_factory=dict)
 
 
+class ReportOwners(_Strict):
+    """Who answers for each area in the weekly review (names or handles, shown as written)."""
+
+    kpis: str = "Head of Growth"
+    funnel: str = "Onboarding PM"
+    critical_path: str = "Onboarding PM"
+    model: str = "Data Science"
+    engagement: str = "Customer Success"
+
+
+class ReportSettings(_Strict):
+    """The weekly report and where it is delivered (credentials come from the environment)."""
+
+    title: str = "Weekly onboarding report"
+    # Email recipients; empty = no email delivery.
+    recipients: list[str] = Field(default_factory=list)
+    # Slack channel of the summary; empty = no Slack delivery.
+    slack_channel: str = "#onboarding"
+    # Time zone of the weekly schedule and of times shown in the report.
+    timezone: str = "UTC"
+    # Language of the report (the HTML `lang`); only "en" texts ship today.
+    language: str = "en"
+    owners: ReportOwners = Field(default_factory=ReportOwners)
+    # How many issues the report puts up for the weekly review.
+    review_items: int = Field(default=3, ge=1, le=3)
+    # How many drivers / vanity events / blockers each list shows.
+    top_events: int = Field(default=5, ge=1, le=20)
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients_are_addresses(cls, recipients: list[str]) -> list[str]:
+        for address in recipients:
+            if address.count("@") != 1 or address.strip() != address or "@" in address[-1:]:
+                raise ValueError(f"{address!r} is not an email address")
+        return recipients
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_exists(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {name!r} (use an IANA name like Europe/Berlin)"
+            ) from None
+        return name
+
+
 class ProductConfig(_Strict):
     """Validated contents of `onboarding.yaml`."""
 
@@ -157,11 +212,13 @@ class ProductConfig(_Strict):
     # Where events come from: files (default), mixpanel, amplitude or posthog.
     source: SourceSettings = Field(default_factory=FilesSourceSettings)
     # Sections that later stages fill; kept as plain mappings until those stages validate them.
-    segments: dict[str, Any] = Field(default_factory=dict)
-    paths: dict[str, Any] = Field(default_factory=dict)
-    health: dict[str, Any] = Field(default_factory=dict)
-    interventions: dict[str, Any] = Field(default_factory=dict)
-    report: dict[str, Any] = Field(default_factory=dict)
+    # Engagement playbook (config/engagement.py): segment rules -> paths of milestones,
+    # health-score weights, stall and intervention rules.
+    segments: list[SegmentRule] = Field(default_factory=list)
+    paths: dict[str, OnboardingPath] = Field(default_factory=dict)
+    health: HealthRules = Field(default_factory=HealthRules)
+    interventions: InterventionRules = Field(default_factory=InterventionRules)
+    report: ReportSettings = Field(default_factory=ReportSettings)
 
     @field_validator("aha_events", "funnel_steps")
     @classmethod
@@ -171,6 +228,26 @@ class ProductConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError("event names must be unique")
         return names
+
+    @model_validator(mode="after")
+    def _segments_name_paths(self) -> ProductConfig:
+        for index, rule in enumerate(self.segments):
+            if rule.path not in self.paths:
+                known = ", ".join(sorted(self.paths)) or "none configured"
+                raise ValueError(
+                    f"segments[{index}] names path {rule.path!r}, which is not under paths ({known})"
+                )
+        return self
+
+    def onboarding_paths(self) -> dict[str, OnboardingPath]:
+        """The configured paths, or one `standard` path built from the funnel steps."""
+        if self.paths:
+            return dict(self.paths)
+        return {
+            "standard": default_path(
+                list(self.funnel_steps), list(self.aha_events), self.activation_window_days
+            )
+        }
 
     @field_validator("as_of")
     @classmethod

@@ -157,6 +157,54 @@ class WarehouseResource(ConfigurableResource):
             self._delete(name, condition)
             self._insert(name, rows)
 
+    def insert_missing(self, name: str, rows: pa.Table, keys: list[str]) -> int:
+        """Append the rows whose `keys` are not in table `name` yet (an append-only log whose
+        reruns add nothing); returns how many were added."""
+        if rows.num_rows == 0:
+            return 0
+        staged = self.stage(f"_new_{name}", rows)
+        existing = self.table(name).select(*keys).distinct()
+        fresh = staged.anti_join(existing, keys)
+        added = int(self.execute(fresh.count()))
+        with self.transaction():
+            self._insert(name, fresh)
+        return added
+
+    def update_where_null(self, name: str, rows: pa.Table, key: str, columns: list[str]) -> None:
+        """Fill `columns` of table `name` from `rows` (matched on `key`) where the first of
+        them is still null: values once set are never overwritten."""
+        if rows.num_rows == 0:
+            return
+        staged_name = f"_update_{name}"
+        self.stage(staged_name, rows)
+        # A temporary table: found by its bare name on every engine.
+        source = sg.table(staged_name, quoted=True).as_("_source")
+        target = sg.table(name, db=self.schema_name, quoted=True)
+        statement = sge.Update(
+            this=target,
+            expressions=[
+                sge.EQ(
+                    this=sg.column(column, quoted=True),
+                    expression=sg.column(column, table="_source", quoted=True),
+                )
+                for column in columns
+            ],
+            where=sge.Where(
+                this=sge.and_(
+                    sge.EQ(
+                        this=sg.column(key, table=name, quoted=True),
+                        expression=sg.column(key, table="_source", quoted=True),
+                    ),
+                    sge.Is(
+                        this=sg.column(columns[0], table=name, quoted=True), expression=sge.Null()
+                    ),
+                )
+            ),
+        )
+        statement.set("from_", sge.From(this=source))
+        with self.transaction():
+            self.connect().raw_sql(statement)
+
     def _delete(self, name: str, condition: sge.Expression | None) -> None:
         statement = sge.Delete(this=sg.table(name, db=self.schema_name, quoted=True))
         if condition is not None:

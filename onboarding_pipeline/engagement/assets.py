@@ -1,0 +1,529 @@
+"""Engagement assets: milestone progress, health scores, stalls, the intervention queue with
+its ledger and holdout, measured effectiveness, and LLM-written nudges."""
+
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    EnvVar,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from scipy.stats import binomtest
+
+from onboarding_pipeline.activation.assets import USER_FEATURES, table_to_arrow
+from onboarding_pipeline.activation.features import now_of
+from onboarding_pipeline.config import ProductConfig
+from onboarding_pipeline.engagement.activity import (
+    BACKTEST,
+    ONBOARDING,
+    Activity,
+    activity_expressions,
+    people,
+)
+from onboarding_pipeline.engagement.effectiveness import (
+    compare_arms,
+    first_assignments,
+    measured_uplift,
+)
+from onboarding_pipeline.engagement.health import (
+    COMPONENTS,
+    adoption_events,
+    backtest,
+    health_components,
+    health_score,
+    risk_level,
+)
+from onboarding_pipeline.engagement.nudge_writer import (
+    AnthropicResource,
+    NudgeRequest,
+    write_nudges,
+)
+from onboarding_pipeline.engagement.paths import (
+    assign_paths,
+    next_milestones,
+)
+from onboarding_pipeline.engagement.paths import (
+    milestone_progress as progress_of,
+)
+from onboarding_pipeline.engagement.queue import build_queue, text_or_none
+from onboarding_pipeline.engagement.stalls import detect_stalls
+from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
+from onboarding_pipeline.warehouse import WarehouseResource
+from onboarding_pipeline.warehouse.metadata import table_definition_metadata
+from onboarding_pipeline.warehouse.tables import (
+    ACTIVATION_SCORES,
+    HEALTH_SCORES,
+    INTERVENTION_EFFECTIVENESS,
+    INTERVENTION_LEDGER,
+    INTERVENTION_QUEUE,
+    MILESTONE_PROGRESS,
+    NUDGES,
+    RAW_EVENTS,
+    RAW_USERS,
+    SESSIONS,
+    STALLED_USERS,
+)
+
+GROUP = "engagement"
+LEDGER_KEYS = ["queued_on", "user_id", "experiment"]
+
+
+def load_activity(warehouse: WarehouseResource, config: ProductConfig) -> tuple[Activity, datetime]:
+    """Both populations with their path, and what they did up to their cutoff."""
+    events = warehouse.table(RAW_EVENTS.name)
+    now = now_of(events, config, warehouse.connect())
+    who = people(
+        warehouse.table(USER_FEATURES),
+        warehouse.table(RAW_USERS.name),
+        now,
+        config.observation_hours,
+    )
+    users_expr, by_event_expr = activity_expressions(who, events, warehouse.table(SESSIONS.name))
+    users = warehouse.execute(users_expr)
+    users["path"] = assign_paths(users, list(config.segments), config.onboarding_paths())
+    return Activity(users, warehouse.execute(by_event_expr)), now
+
+
+def markdown(frame: pd.DataFrame, empty: str = "_no rows_") -> MetadataValue:
+    return MetadataValue.md(frame.to_markdown(index=False) if len(frame) else empty)
+
+
+def counts(series: pd.Series) -> MetadataValue:
+    return MetadataValue.json({str(k): int(v) for k, v in series.value_counts().items()})
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"pandas", "table"},
+    deps=[USER_FEATURES, RAW_USERS.name, RAW_EVENTS.name],
+    metadata=table_definition_metadata(MILESTONE_PROGRESS),
+)
+def milestone_progress(
+    warehouse: WarehouseResource, product_config: ProductConfigResource
+) -> MaterializeResult:
+    """Per user still onboarding: their path (first matching segment rule), which of its
+    milestones are done and when (on time or late against the due day), and the next one."""
+    config = product_config.load()
+    activity, now = load_activity(warehouse, config)
+    onboarding = activity.users[activity.users.population == ONBOARDING]
+    progress = progress_of(onboarding, activity.by_event, config.onboarding_paths())
+    warehouse.replace_all(MILESTONE_PROGRESS.name, table_to_arrow(progress))
+    summary = next_milestones(progress) if len(progress) else pd.DataFrame()
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": len(progress),
+            "users": len(onboarding),
+            "users_by_path": counts(onboarding.path),
+            "next_milestone": counts(summary.next_milestone_label.fillna("(all done)"))
+            if len(summary)
+            else MetadataValue.json({}),
+            "now": now.isoformat(),
+            "preview": markdown(progress.head(12)),
+        }
+    )
+
+
+def health_table(
+    activity: Activity, scores: pd.DataFrame, config: ProductConfig, now: datetime
+) -> pd.DataFrame:
+    """Health of both populations, each as of its own cutoff, with the model's probability."""
+    paths = config.onboarding_paths()
+    users = activity.users
+    progress = progress_of(users, activity.by_event, paths)
+    table = health_components(users, activity.by_event, progress, config.health, paths)
+    weights = config.health.weights.model_dump()
+    table["health_score"] = health_score(table, weights)
+    table["risk_level"] = risk_level(table.health_score.to_numpy(), config.health)
+    probability = scores.drop_duplicates("user_id").set_index("user_id").activation_probability
+    table["activation_probability"] = table.user_id.map(probability)
+    table["path"] = users.path.to_numpy()
+    table["population"] = users.population.to_numpy()
+    table["as_of"] = users.cutoff.to_numpy()
+    table["signup_at"] = users.signup_at.to_numpy()
+    table["days_since_signup"] = (
+        users.cutoff - users.signup_at
+    ).dt.total_seconds().to_numpy() / 86400
+    table["label"] = users.label.to_numpy()
+    return table
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"scikit-learn", "table"},
+    deps=[milestone_progress, "activation_scores", USER_FEATURES],
+    metadata=table_definition_metadata(HEALTH_SCORES),
+    check_specs=[AssetCheckSpec("health_scores_valid", asset="health_scores", blocking=True)],
+)
+def health_scores(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    product_config: ProductConfigResource,
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """Health 0-100 from activation speed, feature adoption, engagement frequency and
+    milestone completion (configurable weights), the risk level, and the model's activation
+    probability alongside.
+
+    Back-test: the same score computed for closed-window users as of the end of their early
+    horizon, against what happened next: ROC AUC of the health score and of the model's
+    probability (on the same validation users), activation rate by risk level, and weights
+    fitted from outcomes next to the configured ones.
+    """
+    config = product_config.load()
+    activity, now = load_activity(warehouse, config)
+    scores = warehouse.execute(warehouse.table(ACTIVATION_SCORES.name))
+    table = health_table(activity, scores, config, now)
+    warehouse.replace_all(HEALTH_SCORES.name, table_to_arrow(table))
+    past = table[table.population == BACKTEST]
+    result = backtest(past, config.health) if past.label.nunique() == 2 else None
+    current = table[table.population == ONBOARDING]
+    metadata: dict[str, Any] = {
+        "dagster/row_count": len(table),
+        "users_onboarding": len(current),
+        "risk_levels_onboarding": counts(current.risk_level),
+        "weights": MetadataValue.json(config.health.weights.model_dump()),
+        "mean_components_onboarding": MetadataValue.json(
+            {c: round(float(current[c].mean()), 3) for c in COMPONENTS} if len(current) else {}
+        ),
+        "adoption_events": MetadataValue.json(
+            adoption_events(config.health, config.onboarding_paths())
+        ),
+    }
+    if result is None:
+        metadata["backtest"] = MetadataValue.md(
+            "_not enough closed-window users with both outcomes yet_"
+        )
+    else:
+        rates = result.pop("rates_by_risk")
+        metadata["backtest"] = MetadataValue.json(result)
+        metadata["backtest_activation_by_risk"] = markdown(rates.round(3))
+        metadata["activation_rate_high_risk"] = result["activation_rate_high_risk"]
+        metadata["activation_rate_other_risk"] = result["activation_rate_other"]
+        metadata["health_auc"] = result["health_auc_all_closed"]["auc"]
+        context.log.info(
+            f"health back-test: AUC {result['health_auc_all_closed']['auc']}, activation "
+            f"{result['activation_rate_high_risk']} (high risk) vs {result['activation_rate_other']}"
+        )
+    yield MaterializeResult(metadata=metadata)
+    problems = {
+        "scores_outside_0_100": int(((table.health_score < 0) | (table.health_score > 100)).sum()),
+        "users_scored_twice": int(table.user_id.duplicated().sum()),
+        "unknown_risk_level": int((~table.risk_level.isin(["high", "medium", "low"])).sum()),
+    }
+    problems = {k: v for k, v in problems.items() if v}
+    yield AssetCheckResult(check_name="health_scores_valid", passed=not problems, metadata=problems)
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"pandas", "table"},
+    deps=[milestone_progress, SESSIONS.name],
+    metadata=table_definition_metadata(STALLED_USERS),
+)
+def stalled_users(
+    warehouse: WarehouseResource, product_config: ProductConfigResource
+) -> MaterializeResult:
+    """Who is stalled (no engagement for `stall.inactive_hours`, or a started milestone not
+    completed) and why: evidence (last event and its time, current step, days since signup)
+    and one failure label (access block, invite failure, generic-tour trap, no-show, other)."""
+    config = product_config.load()
+    activity, now = load_activity(warehouse, config)
+    onboarding = activity.users[activity.users.population == ONBOARDING]
+    progress = warehouse.execute(warehouse.table(MILESTONE_PROGRESS.name))
+    steps = next_milestones(progress) if len(progress) else _no_steps()
+    paths = config.onboarding_paths()
+    core = [*adoption_events(config.health, paths)]
+    core += [e for p in paths.values() for m in p.milestones for e in m.events]
+    table = detect_stalls(
+        onboarding,
+        activity.by_event,
+        steps,
+        config.interventions,
+        config.invite_events,
+        list(dict.fromkeys(core)),
+        now,
+    )
+    warehouse.replace_all(STALLED_USERS.name, table_to_arrow(table))
+    stalled = table[table.stalled]
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": len(table),
+            "stalled": len(stalled),
+            "stalled_share": round(len(stalled) / len(table), 4) if len(table) else 0.0,
+            "by_failure_label": counts(stalled.failure_label),
+            "by_stall_kind": counts(stalled.stall_kind),
+            "preview": markdown(
+                stalled[["user_id", "failure_label", "current_step", "evidence"]].head(10)
+            ),
+        }
+    )
+
+
+def _no_steps() -> pd.DataFrame:
+    return pd.DataFrame(
+        columns=["user_id", "next_milestone", "next_milestone_label", "next_started_at"]
+    )
+
+
+def ledger_history(warehouse: WarehouseResource, experiment: str) -> pd.DataFrame:
+    ledger = warehouse.table(INTERVENTION_LEDGER.name)
+    return warehouse.execute(ledger.filter(ledger.experiment == experiment))
+
+
+def record_outcomes(warehouse: WarehouseResource, config: ProductConfig) -> None:
+    """Fill the outcome of ledger rows whose user's outcome is now known (never overwritten)."""
+    features = warehouse.table(USER_FEATURES)
+    known = features.filter(features.label.notnull())
+    frame = warehouse.execute(known.select("user_id", "label", "activation_at", "signup_at"))
+    ledger = warehouse.table(INTERVENTION_LEDGER.name)
+    pending = set(
+        warehouse.execute(ledger.filter(ledger.outcome.isnull()).select("user_id")).user_id
+    )
+    frame = frame[frame.user_id.isin(pending)]
+    if frame.empty:
+        return
+    closed_at = frame.signup_at + pd.Timedelta(days=config.activation_window_days)
+    outcomes = pd.DataFrame(
+        {
+            "user_id": frame.user_id.to_numpy(),
+            "outcome": ["activated" if v == 1 else "not_activated" for v in frame.label],
+            "outcome_at": frame.activation_at.where(frame.label == 1, closed_at),
+        }
+    )
+    warehouse.update_where_null(
+        INTERVENTION_LEDGER.name, table_to_arrow(outcomes), "user_id", ["outcome", "outcome_at"]
+    )
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"pandas", "table"},
+    deps=[health_scores, stalled_users, RAW_USERS.name],
+    metadata=table_definition_metadata(INTERVENTION_QUEUE),
+    check_specs=[
+        AssetCheckSpec("queue_users_unique", asset="intervention_queue", blocking=True),
+        AssetCheckSpec("holdout_share_as_configured", asset="intervention_queue"),
+    ],
+)
+def intervention_queue(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    product_config: ProductConfigResource,
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """One row per user who needs action now: the next action, its type, channel, owner,
+    escalation step, the evidence in words, a template message, holdout and priority.
+
+    Also appends today's rows to `intervention_ledger` (append-only: a rerun of the day adds
+    nothing) after filling the outcomes that became known; the ledger is what cooldown and
+    escalation read on the next days.
+    """
+    config = product_config.load()
+    rules = config.interventions
+    record_outcomes(warehouse, config)
+    history = ledger_history(warehouse, rules.experiment)
+    health = warehouse.table(HEALTH_SCORES.name)
+    health = warehouse.execute(health.filter(health.population == ONBOARDING))
+    stalls = warehouse.execute(warehouse.table(STALLED_USERS.name))
+    raw = warehouse.table(RAW_USERS.name)
+    names = warehouse.execute(raw.select("user_id", "first_name", "role", "company"))
+    users = health.merge(
+        stalls.drop(columns=["path", "days_since_signup"]), on="user_id", how="left"
+    )
+    users = users.merge(names, on="user_id", how="left")
+    now = (
+        pd.Timestamp(health.as_of.max()).to_pydatetime() if len(health) else _now(warehouse, config)
+    )
+    uplift = measured_uplift(compare_arms(first_assignments(history)))
+    paths = config.onboarding_paths()
+    final = f"Reach the aha moment: {config.aha_events[0].replace('_', ' ')}"
+    queue = build_queue(users, history, rules, paths, now, uplift, final, rules.nudges.language)
+    warehouse.replace_all(INTERVENTION_QUEUE.name, table_to_arrow(queue))
+    entries = queue.assign(
+        outcome=None, outcome_at=pd.Series(pd.NaT, index=queue.index, dtype="datetime64[ns, UTC]")
+    )
+    added = warehouse.insert_missing(INTERVENTION_LEDGER.name, table_to_arrow(entries), LEDGER_KEYS)
+    context.log.info(f"{len(queue)} users queued; {added} new ledger rows")
+
+    past = warehouse.table(HEALTH_SCORES.name)
+    past = warehouse.execute(past.filter(past.population == BACKTEST).select("risk_level", "label"))
+    high = past.risk_level == "high"
+    yield MaterializeResult(
+        metadata={
+            "dagster/row_count": len(queue),
+            "ledger_rows_added": added,
+            "by_intervention_type": counts(queue.intervention_type),
+            "by_channel": counts(queue.channel),
+            "by_owner": counts(queue.owner),
+            "by_failure_label": counts(queue.failure_label.fillna("not stalled")),
+            "holdout_users": int(queue.holdout.sum()),
+            "holdout_share": round(float(queue.holdout.mean()), 4) if len(queue) else 0.0,
+            "high_risk_in_queue": int((queue.risk_level == "high").sum()),
+            # Honest check of what "high risk" means: closed windows scored as of day 3.
+            "backtest_activation_rate_high_risk": float(past.label[high].mean())
+            if high.any()
+            else None,
+            "backtest_activation_rate_other": float(past.label[~high].mean())
+            if (~high).any()
+            else None,
+            "preview": markdown(
+                queue[
+                    ["user_id", "next_action", "intervention_type", "channel", "owner", "holdout"]
+                ].head(10)
+            ),
+        }
+    )
+    duplicated = int(queue.user_id.duplicated().sum())
+    yield AssetCheckResult(
+        check_name="queue_users_unique",
+        passed=duplicated == 0,
+        metadata={"duplicated_users": duplicated},
+    )
+    # The share of today's entries in holdout should be a plausible draw at the configured rate.
+    today = history_and_today(warehouse, rules.experiment, queue)
+    holdouts, total = int(today.holdout.sum()), len(today)
+    p_value = binomtest(holdouts, total, rules.holdout_fraction).pvalue if total else 1.0
+    yield AssetCheckResult(
+        check_name="holdout_share_as_configured",
+        passed=bool(p_value >= 0.001),
+        severity=AssetCheckSeverity.WARN,
+        metadata={"holdout": holdouts, "assigned": total, "p_value": round(float(p_value), 4)},
+    )
+
+
+def history_and_today(
+    warehouse: WarehouseResource, experiment: str, queue: pd.DataFrame
+) -> pd.DataFrame:
+    """Every user's first assignment in the experiment (for the holdout-share check)."""
+    ledger = ledger_history(warehouse, experiment)
+    return first_assignments(ledger) if len(ledger) else queue
+
+
+def _now(warehouse: WarehouseResource, config: ProductConfig) -> datetime:
+    return now_of(warehouse.table(RAW_EVENTS.name), config, warehouse.connect())
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"statsmodels", "table"},
+    deps=[intervention_queue],
+    metadata=table_definition_metadata(INTERVENTION_EFFECTIVENESS),
+)
+def intervention_effectiveness(
+    warehouse: WarehouseResource, product_config: ProductConfigResource
+) -> MaterializeResult:
+    """Activation rate of treated vs holdout users once their outcome is known, with the
+    difference's 95% interval and p-value: overall, by intervention type and failure label."""
+    config = product_config.load()
+    assignments = first_assignments(ledger_history(warehouse, config.interventions.experiment))
+    table = compare_arms(assignments)
+    warehouse.replace_all(INTERVENTION_EFFECTIVENESS.name, table_to_arrow(table))
+    overall = table[table.segment_type == "overall"]
+    known = int(assignments.outcome.notna().sum()) if len(assignments) else 0
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": len(table),
+            "users_assigned": len(assignments),
+            "users_with_outcome": known,
+            "overall": markdown(
+                overall.round(4),
+                "_not enough data yet: no assigned user's outcome is known_",
+            ),
+            "by_segment": markdown(table.round(4)),
+        }
+    )
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"anthropic", "table"},
+    deps=[intervention_queue],
+    metadata=table_definition_metadata(NUDGES),
+)
+def nudges(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    product_config: ProductConfigResource,
+    outputs: OutputDirResource,
+    anthropic: AnthropicResource,
+) -> MaterializeResult:
+    """The message for each treated queue row (holdout users get none), written by Claude
+    through the Messages API with guardrails, cached per (user, next action, type, language),
+    within a per-run call budget; a template where no key is set or the API keeps failing.
+    `message_source` says which wrote each row."""
+    config = product_config.load()
+    settings = config.interventions.nudges
+    queue = warehouse.table(INTERVENTION_QUEUE.name)
+    treated = warehouse.execute(queue.filter(~queue.holdout))
+    raw = warehouse.table(RAW_USERS.name)
+    names = warehouse.execute(raw.select("user_id", "first_name", "role", "company"))
+    treated = treated.merge(names, on="user_id", how="left")
+    requests = [
+        NudgeRequest(
+            user_id=row.user_id,
+            first_name=text_or_none(row.first_name),
+            role=text_or_none(row.role),
+            company=text_or_none(row.company),
+            next_action=row.next_action,
+            intervention_type=row.intervention_type,
+            channel=row.channel,
+            language=settings.language,
+            failure_label=text_or_none(row.failure_label),
+        )
+        for row in treated.itertuples()
+    ]
+    client = anthropic.client()
+    results = write_nudges(requests, client, settings, outputs.folder("nudge_cache"))
+    written_at = pd.Timestamp.now(tz="UTC")
+    table = pd.DataFrame(
+        {
+            "user_id": [r.user_id for r in results],
+            "next_action": [q.next_action for q in requests],
+            "intervention_type": [q.intervention_type for q in requests],
+            "channel": [q.channel for q in requests],
+            "language": [r.language for r in results],
+            "message": [r.message for r in results],
+            "message_source": [r.message_source for r in results],
+            "model": [r.model for r in results],
+            "note": [r.note for r in results],
+            "written_at": written_at,
+        }
+    )
+    warehouse.replace_all(NUDGES.name, table_to_arrow(table))
+    if client is None:
+        context.log.info("ANTHROPIC_API_KEY is not set: every nudge is a template message")
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": len(table),
+            "by_source": counts(table.message_source),
+            "model": settings.model,
+            "llm_enabled": client is not None,
+            "preview": markdown(table[["user_id", "message_source", "message"]].head(5)),
+        }
+    )
+
+
+def anthropic_resource_from_env() -> AnthropicResource:
+    """The Messages API resource: the key as an `EnvVar` when ANTHROPIC_API_KEY is set (never
+    in run config or the UI), else none and template messages; ANTHROPIC_BASE_URL optional."""
+    return AnthropicResource(
+        api_key=EnvVar("ANTHROPIC_API_KEY") if os.environ.get("ANTHROPIC_API_KEY") else None,
+        base_url=EnvVar("ANTHROPIC_BASE_URL") if os.environ.get("ANTHROPIC_BASE_URL") else None,
+    )
+
+
+ENGAGEMENT_ASSETS = [
+    milestone_progress,
+    health_scores,
+    stalled_users,
+    intervention_queue,
+    intervention_effectiveness,
+    nudges,
+]

@@ -1,0 +1,216 @@
+"""The intervention queue: one named next action per user who needs one now.
+
+Who: users still onboarding who are stalled or at a queued risk level. What: the fix for
+their failure label when one is configured, else the next missing milestone of their path.
+How urgently: `urgent` (low activation probability, several days in), `guide` (first days),
+else `nudge`. Where: the escalation ladder (in-app, email, human) one step per send, email
+from `email_from_day`, and a human straight away when the evidence shows an access problem.
+Never twice: users in cooldown, or already handed to a human for the same action, are left
+out; the ledger of earlier days is the memory. A deterministic hash of experiment and user id
+puts `holdout_fraction` of them in the control group: recorded, never messaged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from onboarding_pipeline.config.engagement import InterventionRules, OnboardingPath
+from onboarding_pipeline.engagement.nudge_writer import NudgeRequest, template_message
+
+QUEUE_COLUMNS = [
+    "user_id",
+    "path",
+    "next_action",
+    "intervention_type",
+    "channel",
+    "owner",
+    "escalation_step",
+    "reason",
+    "message",
+    "holdout",
+    "priority",
+    "failure_label",
+    "risk_level",
+    "health_score",
+    "activation_probability",
+    "experiment",
+    "queued_on",
+    "queued_at",
+]
+
+
+def text_or_none(value: object) -> str | None:
+    """A text field of a pandas row: missing values (None, NaN) become None."""
+    return value if isinstance(value, str) else None
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as plain dicts (typed loosely: each column has its own type)."""
+    return frame.to_dict("records")  # type: ignore[return-value]
+
+
+def holdout_draw(user_ids: Iterable[str], experiment: str) -> np.ndarray:
+    """A uniform number in [0, 1) per user, fixed by (experiment, user id) alone."""
+    draws = []
+    for user_id in user_ids:
+        digest = hashlib.sha256(f"{experiment}\x1f{user_id}".encode()).digest()
+        draws.append(int.from_bytes(digest[:8], "big") / 2**64)
+    return np.array(draws, dtype=float)
+
+
+def in_holdout(user_ids: Iterable[str], experiment: str, fraction: float) -> np.ndarray:
+    return holdout_draw(user_ids, experiment) < fraction
+
+
+def intervention_type(
+    probability: pd.Series, days: pd.Series, rules: InterventionRules
+) -> np.ndarray:
+    urgent = (probability < rules.urgent_below_probability) & (days >= rules.urgent_after_days)
+    return np.select([urgent, days < rules.guide_until_days], ["urgent", "guide"], "nudge")
+
+
+def owner_of(
+    path: str, failure_label: str | None, rules: InterventionRules, paths: dict[str, OnboardingPath]
+) -> str:
+    owners = rules.owners
+    if failure_label and failure_label in owners.by_failure_label:
+        return owners.by_failure_label[failure_label]
+    if path in owners.by_path:
+        return owners.by_path[path]
+    configured = paths[path].owner if path in paths else None
+    return configured or owners.default
+
+
+def ladder_position(
+    wanted: pd.DataFrame, history: pd.DataFrame, rules: InterventionRules, today: date
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per wanted user: the ladder step of this send (earlier sends of the same action + 1),
+    and whether to send at all (not in cooldown, not already with a human for this action,
+    ladder not exhausted). Only days before `today` count, so reruns of a day agree."""
+    steps: np.ndarray = np.ones(len(wanted), dtype=np.int64)
+    keep = np.ones(len(wanted), dtype=bool)
+    if history.empty:
+        return steps, keep
+    queued_on = pd.to_datetime(history.queued_on).dt.date
+    earlier = history[queued_on < today].assign(day=queued_on[queued_on < today])
+    if earlier.empty:
+        return steps, keep
+    last_day = earlier.groupby("user_id").day.max()
+    days_since = wanted.user_id.map(last_day).map(
+        lambda day: (today - day).days if isinstance(day, date) else None
+    )
+    in_cooldown = days_since.notna() & (days_since.astype(float) < rules.cooldown_days)
+    same = earlier.merge(wanted[["user_id", "next_action"]], on=["user_id", "next_action"])
+    sends = wanted.user_id.map(same.groupby("user_id").size()).fillna(0).astype(int)
+    with_human = set(same.user_id[same.channel == "human"])
+    steps = (sends + 1).to_numpy(dtype=np.int64)
+    keep = (
+        ~in_cooldown.to_numpy(dtype=bool)
+        & ~wanted.user_id.isin(with_human).to_numpy(dtype=bool)
+        & (steps <= len(rules.ladder))
+    )
+    return steps, keep
+
+
+def build_queue(
+    users: pd.DataFrame,
+    history: pd.DataFrame,
+    rules: InterventionRules,
+    paths: dict[str, OnboardingPath],
+    now: datetime,
+    uplift_by_type: dict[str, float],
+    final_action: str,
+    language: str,
+) -> pd.DataFrame:
+    """The queue for `now`'s day.
+
+    `users`: one row per user still onboarding with path, health_score, risk_level,
+    activation_probability, days_since_signup, stalled, failure_label, evidence,
+    current_step_label, first_name, role, company. `history`: ledger rows of earlier days in
+    this experiment (today's rows are ignored, so a rerun of the day gives the same queue).
+    """
+    today = pd.Timestamp(now).date()
+    wanted = users[users.stalled.fillna(False) | users.risk_level.isin(rules.queue_risk_levels)]
+    if wanted.empty:
+        return pd.DataFrame(columns=QUEUE_COLUMNS)
+    wanted = wanted.copy()
+    fixes = wanted.failure_label.map(lambda label: rules.fix_for(label) if label else None)
+    wanted["next_action"] = fixes.fillna(wanted.current_step_label).fillna(final_action)
+
+    escalation_step, keep = ladder_position(wanted, history, rules, today)
+    wanted["escalation_step"] = escalation_step
+    wanted = wanted[keep]
+    if wanted.empty:
+        return pd.DataFrame(columns=QUEUE_COLUMNS)
+
+    days = wanted.days_since_signup
+    probability = wanted.activation_probability
+    wanted["intervention_type"] = intervention_type(probability.fillna(1.0), days, rules)
+    ladder = rules.ladder
+    channels = []
+    for row in records(wanted):
+        channel = ladder[row["escalation_step"] - 1]
+        if row["failure_label"] == "access_block" and "human" in ladder:
+            channel = "human"  # a person must unblock access; a nudge cannot
+        elif (
+            channel == "in_app"
+            and row["days_since_signup"] >= rules.email_from_day
+            and "email" in ladder
+        ):
+            channel = "email"  # not in the product any more: in-app would not reach them
+        channels.append(channel)
+    wanted["channel"] = channels
+    wanted["owner"] = [
+        owner_of(p, label, rules, paths)
+        for p, label in zip(wanted.path, wanted.failure_label, strict=True)
+    ]
+    wanted["reason"] = wanted.evidence.where(
+        wanted.evidence.notna(),
+        [
+            f"health {h:.0f}/100 ({r} risk)"
+            + (f"; activation probability {p:.0%}" if p == p else "")
+            + f"; next step: {a}; day {d:.0f} since signup"
+            for h, r, p, a, d in zip(
+                wanted.health_score,
+                wanted.risk_level,
+                probability,
+                wanted.next_action,
+                days,
+                strict=True,
+            )
+        ],
+    )
+    wanted["holdout"] = in_holdout(wanted.user_id, rules.experiment, rules.holdout_fraction)
+    uplift = wanted.intervention_type.map(lambda t: uplift_by_type.get(t, rules.assumed_uplift))
+    # Expected gain in activation: the uplift of this kind of intervention times the room the
+    # user has left to activate.
+    wanted["priority"] = (uplift * (1 - probability.fillna(0.5))).round(4)
+    wanted["message"] = [
+        None
+        if row["holdout"]
+        else template_message(
+            NudgeRequest(
+                user_id=row["user_id"],
+                first_name=text_or_none(row["first_name"]),
+                role=text_or_none(row["role"]),
+                company=text_or_none(row["company"]),
+                next_action=row["next_action"],
+                intervention_type=row["intervention_type"],
+                channel=row["channel"],
+                language=language,
+                failure_label=text_or_none(row["failure_label"]),
+            )
+        )
+        for row in records(wanted)
+    ]
+    wanted["experiment"] = rules.experiment
+    wanted["queued_on"] = today
+    wanted["queued_at"] = pd.Timestamp(now)
+    ordered = wanted.sort_values(["priority", "user_id"], ascending=[False, True], kind="stable")
+    return ordered[QUEUE_COLUMNS].reset_index(drop=True)
