@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import dagster as dg
 import pytest
 from pydantic import ValidationError
 from pytest_httpserver import HTTPServer
@@ -305,6 +306,7 @@ def test_without_a_key_every_message_is_a_template(stub: HTTPServer, tmp_path: P
     assert results[0].note == "no API key set"
     assert results[1].note is not None and "English, not de" in results[1].note
     assert results[1].message.startswith("Hi Name2,")
+    assert write_nudges([], None, NudgeSettings(), tmp_path) == []
 
 
 def test_templates_are_personal_short_and_clean() -> None:
@@ -351,3 +353,20 @@ def test_resource_builds_a_configured_client() -> None:
     assert str(client.base_url).startswith("http://127.0.0.1:9")
     assert client.max_retries == 1
     assert client.timeout == 2
+
+
+def test_optional_key_from_the_environment_inside_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unset ANTHROPIC_API_KEY must not fail the run: the asset falls back to templates."""
+    seen: list[anthropic.Anthropic | None] = []
+
+    @dg.asset
+    def probe(anthropic_api: AnthropicResource) -> None:
+        seen.append(anthropic_api.client())
+
+    resource = AnthropicResource(api_key_env_var="ANTHROPIC_API_KEY")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert dg.materialize([probe], resources={"anthropic_api": resource}).success
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "from-env")
+    assert dg.materialize([probe], resources={"anthropic_api": resource}).success
+    assert seen[0] is None
+    assert isinstance(seen[1], anthropic.Anthropic) and seen[1].api_key == "from-env"

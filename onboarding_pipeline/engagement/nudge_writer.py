@@ -123,18 +123,26 @@ class AnthropicResource(ConfigurableResource):
 
     The client retries 408/409/429/5xx and connection errors itself, with exponential backoff
     that honours `Retry-After`.
+
+    The key is optional, which `EnvVar` cannot express (an unset variable fails the run's
+    config), so `api_key_env_var` names a variable read when the client is built: the key then
+    never appears in run config or the UI. An explicit `api_key` wins.
     """
 
     api_key: str | None = None
+    api_key_env_var: str | None = None  # e.g. "ANTHROPIC_API_KEY"
     base_url: str | None = None  # a local stub in tests; None = Anthropic's API
     timeout_seconds: float = 30.0
     max_retries: int = 3
 
     def client(self) -> anthropic.Anthropic | None:
-        if not self.api_key:
+        key = self.api_key or (
+            os.environ.get(self.api_key_env_var) if self.api_key_env_var else None
+        )
+        if not key:
             return None
         return anthropic.Anthropic(
-            api_key=self.api_key,
+            api_key=key,
             base_url=self.base_url,
             timeout=self.timeout_seconds,
             max_retries=self.max_retries,
