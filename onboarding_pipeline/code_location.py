@@ -20,6 +20,9 @@ from onboarding_pipeline.ingestion.assets import build_raw_events, raw_users
 from onboarding_pipeline.modeling.assets import build_sessions
 from onboarding_pipeline.orchestration import add_orchestration
 from onboarding_pipeline.partitions import daily_partitions
+from onboarding_pipeline.reporting.assets import add_reporting, weekly_partitions
+from onboarding_pipeline.reporting.mail import email_resource_from_env
+from onboarding_pipeline.reporting.slack import slack_resource_from_env
 from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
 from onboarding_pipeline.settings import Settings
 from onboarding_pipeline.warehouse import WarehouseResource
@@ -48,8 +51,11 @@ def build_definitions(settings: Settings) -> Definitions:
             "source": source_resource(config, settings),
             "product_config": ProductConfigResource(path=str(settings.config_path)),
             "outputs": OutputDirResource(path=str(settings.output_dir)),
+            "slack": slack_resource_from_env(config.report.slack_channel),
+            "email": email_resource_from_env(),
         },
         # An embedded DuckDB file takes one writer at a time: run steps in one process.
         executor=in_process_executor if warehouse.engine == "duckdb" else multiprocess_executor,
     )
+    defs = add_reporting(defs, weekly_partitions(config))
     return add_orchestration(defs, config, partitions)

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance, Definitions, TimeWindowPartitionsDefinition
+from dagster import AssetKey, DagsterInstance, DailyPartitionsDefinition, Definitions
 
 from onboarding_pipeline.activation.model import ModelStore
 from onboarding_pipeline.code_location import build_definitions
 from onboarding_pipeline.config import load_config
 from onboarding_pipeline.ingestion.load import event_date_span
 from onboarding_pipeline.ingestion.sources import FileSource
+from onboarding_pipeline.reporting.assets import report_run_lines, watermark_week
 from onboarding_pipeline.settings import Settings
 from onboarding_pipeline.warehouse import WarehouseResource
 from onboarding_pipeline.warehouse.tables import (
@@ -60,6 +61,7 @@ class RunSummary:
     events_by_class: dict[str, list[str]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    report_lines: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         quarantined = sum(self.quarantined_by_reason.values())
@@ -85,6 +87,7 @@ class RunSummary:
             "  tables:             onboarding." + ", ".join(TABLE_NAMES),
             f"  models and charts:  {self.settings.output_dir / 'models'}, "
             f"{self.settings.output_dir / 'charts'}",
+            *self.report_lines,
             f"  output directory:   {self.settings.output_dir}",
             f"  Dagster run history: DAGSTER_HOME={self.dagster_home}",
             *[f"FAILED {name}: {text}" for name, text in self.failures.items()],
@@ -122,7 +125,7 @@ def data_partition_range(settings: Settings, defs: Definitions) -> tuple[str, st
 def _partition_keys(defs: Definitions) -> list[str]:
     for key in defs.resolve_asset_graph().get_all_asset_keys():
         partitions = defs.resolve_assets_def(key).partitions_def
-        if isinstance(partitions, TimeWindowPartitionsDefinition):
+        if isinstance(partitions, DailyPartitionsDefinition):
             return list(partitions.get_partition_keys())
     return []
 
@@ -147,6 +150,7 @@ def run_pipeline(
     keys = list(graph.toposorted_asset_keys)
     failures: dict[str, str] = {}
     skipped: set[AssetKey] = set()
+    report_week: str | None = None
     try:
         for index, key in enumerate(keys, start=1):
             label = key.to_user_string()
@@ -154,17 +158,25 @@ def run_pipeline(
                 skipped.add(key)
                 echo(f"[{index}/{len(keys)}] {label} skipped: an upstream asset failed")
                 continue
-            partitioned = defs.resolve_assets_def(key).partitions_def is not None
+            partitions_def = defs.resolve_assets_def(key).partitions_def
+            # Weekly assets (the report) run for the week holding the data's watermark.
+            week = watermark_week(partitions_def, span)
+            if week:
+                report_week = week
             tags = (
-                {RANGE_START_TAG: span[0], RANGE_END_TAG: span[1]} if partitioned and span else {}
+                {RANGE_START_TAG: span[0], RANGE_END_TAG: span[1]}
+                if partitions_def is not None and span and not week
+                else {}
             )
             scope = f" ({tags[RANGE_START_TAG]}..{tags[RANGE_END_TAG]})" if tags else ""
+            scope = f" (week {week})" if week else scope
             echo(f"[{index}/{len(keys)}] {label}{scope} ...")
             step_started = time.monotonic()
             result = job.execute_in_process(
                 instance=instance,
                 asset_selection=[key],
                 tags=tags,
+                partition_key=week,
                 raise_on_error=False,
                 run_config=_QUIET_CONSOLE,
             )
@@ -178,6 +190,12 @@ def run_pipeline(
         instance.dispose()
     summary = summarize(settings, home, span)
     summary.failures = failures
+    if report_week:
+        warehouse = WarehouseResource(url=settings.warehouse_url)
+        try:
+            summary.report_lines = report_run_lines(settings.output_dir, warehouse, report_week)
+        finally:
+            warehouse.close()
     summary.seconds = time.monotonic() - started
     return summary
 
