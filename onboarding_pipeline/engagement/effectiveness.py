@@ -75,13 +75,15 @@ def _arms(part: pd.DataFrame) -> dict[str, float | int | None]:
     }
     if n_t and n_h:
         result["difference"] = a_t / n_t - a_h / n_h
-        low, high = confint_proportions_2indep(a_t, n_t, a_h, n_h, method="newcomb")
-        result["ci_low"], result["ci_high"] = float(low), float(high)
-        if 0 < a_t + a_h < n_t + n_h:
-            test = test_proportions_2indep(a_t, n_t, a_h, n_h, method="score")
-            result["p_value"] = float(test.pvalue)
-        else:
-            result["p_value"] = 1.0
+        # statsmodels also reports ratios, which divide by zero when an arm has no successes.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            low, high = confint_proportions_2indep(a_t, n_t, a_h, n_h, method="newcomb")
+            result["ci_low"], result["ci_high"] = float(low), float(high)
+            if 0 < a_t + a_h < n_t + n_h:
+                test = test_proportions_2indep(a_t, n_t, a_h, n_h, method="score")
+                result["p_value"] = float(test.pvalue)
+            else:
+                result["p_value"] = 1.0
     return result
 
 

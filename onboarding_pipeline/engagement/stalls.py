@@ -95,7 +95,10 @@ def detect_stalls(
         ["access_block", "invite_failure", "generic_tour_trap", "no_show"],
         default="other",
     )
-    frame["failure_label"] = pd.Series(labels, index=frame.index).where(frame.stalled, None)
+    frame["failure_label"] = [
+        str(label) if stalled else None
+        for label, stalled in zip(labels, frame.stalled, strict=True)
+    ]
 
     evidence: list[str | None] = []
     for key, row in frame.iterrows():
