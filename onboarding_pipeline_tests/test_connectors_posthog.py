@@ -34,7 +34,7 @@ COLUMNS = [
 
 
 def ph_event(
-    uuid: str, name: str, when: str, user: str = "u1", **properties: Any
+    uuid: str, name: str, when: str, user: str = "u1", session: str | None = None, **properties: Any
 ) -> dict[str, Any]:
     return {
         "uuid": uuid,
@@ -42,7 +42,7 @@ def ph_event(
         "timestamp": when,  # as PostHog returns it: ISO 8601 with the offset
         "distinct_id": user,
         "person_id": f"person-{user}",
-        "properties": json.dumps({"$session_id": f"s-{user}", **properties}),
+        "properties": json.dumps({"$session_id": session or f"s-{user}", **properties}),
         "person_properties": json.dumps({"email": f"{user}@example.com"}),
     }
 

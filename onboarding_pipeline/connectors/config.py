@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -62,6 +62,12 @@ class MixpanelSettings(_ConnectorSettings):
     auth: Literal["service_account", "api_secret"] = "service_account"
     # Mobile SDKs flush late: Mixpanel events can arrive days after they happened.
     overlap_days: int = Field(default=5, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _service_account_names_its_project(self) -> MixpanelSettings:
+        if self.auth == "service_account" and self.project_id is None:
+            raise ValueError("project_id is required with auth: service_account")
+        return self
 
 
 class AmplitudeSettings(_ConnectorSettings):
