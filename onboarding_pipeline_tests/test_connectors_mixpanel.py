@@ -168,6 +168,17 @@ def test_overlap_refetches_late_events_and_repeats_collapse(
         warehouse.close()
 
 
+def test_days_follow_the_project_time_zone(
+    stub: StubMixpanel, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    # 02:00 UTC on Jan 3 is still Jan 2 in Los Angeles: Mixpanel would refuse to_date=Jan 3.
+    now = datetime(2026, 1, 3, 2, tzinfo=UTC)
+    connector = source(httpserver, tmp_path, end_date=None, project_timezone="America/Los_Angeles")
+    report = connector.sync(now=now)
+    assert stub.requested_days() == ["2026-01-01", "2026-01-02"]
+    assert report.cursor_after == date(2026, 1, 2)
+
+
 def test_429_is_retried_after_the_time_the_server_asks_for(
     stub: StubMixpanel, httpserver: HTTPServer, tmp_path: Path
 ) -> None:

@@ -80,6 +80,10 @@ class ConnectorSource(SourceResource):
         """Every event of the UTC `day` (up to `now`), normalized to contract columns."""
         raise NotImplementedError
 
+    def last_day(self, now: datetime) -> date:
+        """The latest day the API can export at `now`."""
+        return now.astimezone(UTC).date()
+
     def sync(
         self,
         *,
@@ -92,7 +96,8 @@ class ConnectorSource(SourceResource):
         now = now or datetime.now(UTC)
         landing = Landing(Path(self.landing_dir))
         report = SyncReport(self.kind, self.landing_dir, cursor_before=landing.cursor())
-        end = min(date.fromisoformat(self.end_date), now.date()) if self.end_date else now.date()
+        today = self.last_day(now)
+        end = min(date.fromisoformat(self.end_date), today) if self.end_date else today
         days = days_to_fetch(
             date.fromisoformat(self.start_date), end, report.cursor_before, self.overlap_days
         )

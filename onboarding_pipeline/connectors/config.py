@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import date
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -62,6 +63,18 @@ class MixpanelSettings(_ConnectorSettings):
     auth: Literal["service_account", "api_secret"] = "service_account"
     # Mobile SDKs flush late: Mixpanel events can arrive days after they happened.
     overlap_days: int = Field(default=5, ge=0, le=60)
+    # The project's time zone (project settings): export dates are days in it, and a date
+    # later than the project's today is refused.
+    project_timezone: str = "UTC"
+
+    @field_validator("project_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {value!r} (e.g. America/Los_Angeles)") from error
+        return value
 
     @model_validator(mode="after")
     def _service_account_names_its_project(self) -> MixpanelSettings:

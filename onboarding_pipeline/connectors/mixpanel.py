@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import requests
 
@@ -77,10 +78,15 @@ class MixpanelSource(ConnectorSource):
     secret: str
     # The environment variables holding the credentials, named in error messages.
     credentials_env: str = f"{ENV_USERNAME} / {ENV_SECRET}"
+    project_timezone: str = "UTC"
 
     @property
     def kind(self) -> str:
         return "mixpanel"
+
+    def last_day(self, now: datetime) -> date:
+        # Export dates are the project's days; a later date than its today is refused.
+        return now.astimezone(ZoneInfo(self.project_timezone)).date()
 
     def session(self) -> requests.Session:
         session = requests.Session()

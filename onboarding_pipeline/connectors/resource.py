@@ -36,6 +36,7 @@ def source_resource(config: ProductConfig, settings: Settings) -> SourceResource
         return mixpanel.MixpanelSource(
             **_common(chosen, config, settings, mixpanel.HOSTS[chosen.region]),
             project_id=chosen.project_id,
+            project_timezone=chosen.project_timezone,
             **credentials,
         )
     if isinstance(chosen, AmplitudeSettings):
