@@ -554,3 +554,45 @@ def test_sample_rerun_of_the_day_adds_no_ledger_rows(sample_run) -> None:  # typ
     assert len(after) == len(before) == len(queue_before)
     queue_after = warehouse.execute(warehouse.table("intervention_queue"))
     assert sorted(queue_after.user_id) == sorted(queue_before.user_id)
+
+
+def test_nudges_asset_uses_the_real_anthropic_client_then_its_cache(
+    sample_run,  # type: ignore[no-untyped-def]
+    httpserver,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dagster import AssetKey, DagsterInstance
+
+    from onboarding_pipeline.code_location import build_definitions
+    from onboarding_pipeline_tests.test_nudge_writer import message_json
+
+    settings, _, warehouse = sample_run
+    text = "Hi there, connect your data source today and your first dashboard fills itself in."
+    httpserver.expect_request("/v1/messages", method="POST").respond_with_json(message_json(text))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-real")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", httpserver.url_for("/").rstrip("/"))
+    queue = warehouse.execute(warehouse.table("intervention_queue"))
+    treated = int((~queue.holdout).sum())
+    warehouse.close()
+    defs = build_definitions(settings)
+    job = defs.resolve_implicit_global_asset_job_def()
+    with DagsterInstance.ephemeral() as instance:
+        assert job.execute_in_process(
+            instance=instance, asset_selection=[AssetKey("nudges")]
+        ).success
+        nudges = warehouse.execute(warehouse.table("nudges"))
+        assert (nudges.message_source == "llm").all() and (nudges.message == text).all()
+        calls = len(httpserver.log)
+        assert calls == treated
+        bodies = [request.get_data(as_text=True) for request, _ in httpserver.log]
+        assert not any("@" in body for body in bodies)  # no email address reaches the LLM
+        assert all(
+            r.headers["Authorization"] == "Bearer test-key-not-real" for r, _ in httpserver.log
+        )
+        # A rerun costs nothing: every message comes from the cache.
+        assert job.execute_in_process(
+            instance=instance, asset_selection=[AssetKey("nudges")]
+        ).success
+    assert len(httpserver.log) == calls
+    again = warehouse.execute(warehouse.table("nudges"))
+    assert (again.message_source == "cache").all()
