@@ -16,6 +16,7 @@ from onboarding_pipeline.activation.assets import (
 from onboarding_pipeline.config import load_config
 from onboarding_pipeline.connectors.assets import source_sync
 from onboarding_pipeline.connectors.resource import source_resource
+from onboarding_pipeline.engagement.assets import ENGAGEMENT_ASSETS, anthropic_resource_from_env
 from onboarding_pipeline.ingestion.assets import build_raw_events, raw_users
 from onboarding_pipeline.modeling.assets import build_sessions
 from onboarding_pipeline.orchestration import add_orchestration
@@ -45,6 +46,7 @@ def build_definitions(settings: Settings) -> Definitions:
             funnel,
             onboarding_kpis,
             friction_clusters,
+            *ENGAGEMENT_ASSETS,
         ],
         resources={
             "warehouse": warehouse,
@@ -53,6 +55,7 @@ def build_definitions(settings: Settings) -> Definitions:
             "outputs": OutputDirResource(path=str(settings.output_dir)),
             "slack": slack_resource_from_env(config.report.slack_channel),
             "email": email_resource_from_env(),
+            "anthropic": anthropic_resource_from_env(),
         },
         # An embedded DuckDB file takes one writer at a time: run steps in one process.
         executor=in_process_executor if warehouse.engine == "duckdb" else multiprocess_executor,
