@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from onboarding_pipeline.config.product import ReportSettings
 from onboarding_pipeline.reporting.mail import EmailResource, build_email
@@ -103,6 +104,10 @@ def _due(ledger: Ledger, channel: str, recipient: str, force: bool) -> bool:
 
 
 def _short(error: BaseException) -> str:
+    if isinstance(error, SlackApiError):
+        # The HTTP status and Slack's error code say what to fix; the rest is noise.
+        response = error.response
+        return f"Slack API HTTP {response.status_code}: {response.get('error')}"[:_MAX_ERROR_CHARS]
     return f"{type(error).__name__}: {error}"[:_MAX_ERROR_CHARS]
 
 

@@ -220,7 +220,7 @@ def gather_report(
     data.at_risk = _at_risk(warehouse, tables)
     if data.at_risk is None:
         missing["at_risk"] = (
-            "the engagement tables (stalled_users, health_scores) are not built yet"
+            "the engagement tables (stalled_users, health_scores) are empty or not built yet"
         )
     data.queue = _queue(warehouse, tables)
     if data.queue is None:
@@ -255,7 +255,9 @@ def gather_report(
 
     data.review = review_items(data, config)
     if not data.review:
-        missing["review"] = "nothing stands out yet: no KPI misses its target and no data on leaks"
+        missing["review"] = (
+            "no KPI misses its target and there are no funnel, critical-path or engagement findings"
+        )
     return data
 
 

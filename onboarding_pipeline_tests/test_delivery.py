@@ -1,0 +1,542 @@
+"""Report delivery for real: email received by an aiosmtpd server, Slack through the real
+slack-sdk client against a local HTTP stub, the ledger in a real DuckDB warehouse, the
+outbox when no credentials are configured, and the Dagster assets with `force` run config."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import socket
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from dagster import materialize
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from onboarding_pipeline.config import ProductConfig
+from onboarding_pipeline.reporting.assets import build_reporting_assets, weekly_partitions
+from onboarding_pipeline.reporting.delivery import deliver_report, slack_escape
+from onboarding_pipeline.reporting.mail import EmailResource
+from onboarding_pipeline.reporting.report import ReportData, load_report, write_report
+from onboarding_pipeline.reporting.slack import SlackResource
+from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
+from onboarding_pipeline.warehouse import WarehouseResource
+
+WEEK = "2026-10-26"
+RECIPIENTS = ["stakeholders@example.com", "growth@example.com"]
+CONFIG = ProductConfig(
+    aha_events=["dashboard_shared"],
+    partitions_start_date="2026-06-01",
+    report={"recipients": RECIPIENTS, "slack_channel": "#onboarding"},
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Inbox:
+    """aiosmtpd handler keeping every accepted envelope."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append(envelope)
+        return "250 Message accepted for delivery"
+
+    def messages(self) -> list[EmailMessage]:
+        return [
+            email.message_from_bytes(e.content, policy=email.policy.default)  # type: ignore[misc]
+            for e in self.envelopes
+        ]
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    port = free_port()
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth: Any) -> Any:
+        ok = isinstance(auth, LoginPassword) and (auth.login, auth.password) == (
+            b"reporter",
+            b"s3cret",
+        )
+        return AuthResult(success=ok)
+
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=authenticate,
+        auth_require_tls=False,  # a local test relay without TLS
+    )
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+@pytest.fixture
+def report(tmp_path: Path) -> tuple[ReportData, dict[str, bytes]]:
+    """A written report with both charts, read back the way the delivery asset reads it."""
+    data = ReportData(
+        title="Weekly onboarding report",
+        week=WEEK,
+        week_end="2026-11-01",
+        watermark="2026-11-01 00:57 UTC",
+        generated_at="2026-11-02 08:00 UTC",
+        language="en",
+        kpis=[
+            {
+                "kpi": "activation_rate",
+                "label": "Activation rate",
+                "unit": "rate",
+                "cohort": "2026-10-12",
+                "value": 0.35,
+                "users": 80,
+                "ci_low": 0.25,
+                "ci_high": 0.46,
+                "previous_cohort": "2026-10-05",
+                "previous_value": 0.4,
+                "change": -0.05,
+                "all_signups": 0.37,
+                "target": 0.4,
+                "meets_target": False,
+            }
+        ],
+        funnel=[
+            {
+                "step_index": i + 1,
+                "step": step,
+                "users_reached": n,
+                "conversion_from_start": n / 100,
+                "users_at_previous": p,
+                "conversion_from_previous": n / p,
+                "dropped": p - n,
+                "drop_off_rate": 1 - n / p,
+                "median_hours_from_previous": 1.0,
+            }
+            for i, (step, n, p) in enumerate(
+                [("onboarding_started", 90, 100), ("dashboard_shared", 30, 90)]
+            )
+        ],
+        base_rate=[
+            {"cohort": "2026-10-05", "rate": 0.4, "users": 90, "ci_low": 0.3, "ci_high": 0.5},
+            {"cohort": "2026-10-12", "rate": 0.35, "users": 80, "ci_low": 0.25, "ci_high": 0.46},
+        ],
+        review=[
+            {
+                "area": "kpis",
+                "severity": 0.125,
+                "title": "Activation rate misses its target <b>now</b>",
+                "evidence": "35% vs 40% & falling",
+                "owner": "Maria",
+            }
+        ],
+    )
+    folder = tmp_path / "reports" / WEEK
+    write_report(data, folder)
+    return load_report(folder)
+
+
+def deliver(
+    warehouse: WarehouseResource,
+    report: tuple[ReportData, dict[str, bytes]],
+    tmp_path: Path,
+    *,
+    slack: SlackResource | None = None,
+    email_resource: EmailResource | None = None,
+    force: bool = False,
+) -> Any:
+    data, charts = report
+    return deliver_report(
+        warehouse,
+        data,
+        charts,
+        CONFIG.report,
+        slack=slack or SlackResource(),
+        email=email_resource or EmailResource(),
+        outbox_root=tmp_path / "outbox",
+        force=force,
+        log=lambda line: None,
+    )
+
+
+def ledger(warehouse: WarehouseResource) -> pd.DataFrame:
+    rows = warehouse.execute(warehouse.table("report_deliveries"))
+    return rows.sort_values(["channel", "recipient"]).reset_index(drop=True)
+
+
+def smtp_resource(port: int, **settings: Any) -> EmailResource:
+    return EmailResource(
+        host="127.0.0.1", port=port, security="none", sender="reports@example.com", **settings
+    )
+
+
+# ---------------------------------------------------------------- email
+
+
+def test_email_received_with_text_html_and_inline_charts(smtp, warehouse, report, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    inbox, port = smtp
+    result = deliver(
+        warehouse,
+        report,
+        tmp_path,
+        email_resource=smtp_resource(port, username="reporter", password="s3cret"),
+    )
+    assert result.failed == {}
+    assert sorted(result.sent) == sorted(f"email:{r}" for r in RECIPIENTS)
+    assert len(inbox.envelopes) == 1
+    assert sorted(inbox.envelopes[0].rcpt_tos) == sorted(RECIPIENTS)
+    assert inbox.envelopes[0].mail_from == "reports@example.com"
+
+    message = inbox.messages()[0]
+    assert message["Subject"] == f"Weekly onboarding report: week of {WEEK}"
+    assert message.get_content_type() == "multipart/alternative"
+    plain, related = message.get_payload()  # type: ignore[misc]
+    assert plain.get_content_type() == "text/plain"
+    assert "Activation rate misses its target <b>now</b>" in plain.get_content()
+    assert related.get_content_type() == "multipart/related"
+    html_part, *images = related.get_payload()
+    assert html_part.get_content_type() == "text/html"
+    html = html_part.get_content()
+    # User text escaped in the HTML; charts referenced by Content-ID, not embedded as data.
+    assert "&lt;b&gt;now&lt;/b&gt;" in html and "<b>now</b>" not in html
+    assert "data:image/png" not in html
+    assert sorted(part.get_content_type() for part in images) == ["image/png", "image/png"]
+    for part in images:
+        content_id = part["Content-ID"].strip("<>")
+        assert f'src="cid:{content_id}"' in html
+        assert part.get_content().startswith(b"\x89PNG")
+
+    rows = ledger(warehouse)
+    email_rows = rows[rows.channel == "email"]
+    assert list(email_rows.status) == ["sent", "sent"]
+    assert list(email_rows.attempts) == [1, 1]
+    assert set(email_rows.provider_id) == {message["Message-ID"]}
+    assert email_rows.sent_at.notna().all()
+    # No Slack token: Slack went to the outbox in the same run.
+    assert rows[rows.channel == "slack"].status.tolist() == ["outbox"]
+
+
+def test_rerun_sends_nothing_new_and_force_resends(smtp, warehouse, report, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    inbox, port = smtp
+    resource = smtp_resource(port)
+    deliver(warehouse, report, tmp_path, email_resource=resource)
+    again = deliver(warehouse, report, tmp_path, email_resource=resource)
+    assert len(inbox.envelopes) == 1
+    assert again.sent == []
+    assert sorted(again.skipped) == sorted(f"email:{r}" for r in RECIPIENTS)
+    assert ledger(warehouse).query("channel == 'email'").attempts.tolist() == [1, 1]
+
+    forced = deliver(warehouse, report, tmp_path, email_resource=resource, force=True)
+    assert len(inbox.envelopes) == 2
+    assert sorted(forced.sent) == sorted(f"email:{r}" for r in RECIPIENTS)
+    rows = ledger(warehouse)
+    assert len(rows) == 3  # still one row per (week, channel, recipient)
+    assert rows.query("channel == 'email'").attempts.tolist() == [2, 2]
+
+
+def test_refused_recipient_stays_retryable(smtp, warehouse, report, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    inbox, port = smtp
+
+    async def refuse_growth(server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        if address.startswith("growth@"):
+            return "550 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    inbox.handle_RCPT = refuse_growth  # type: ignore[attr-defined]
+    result = deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
+    assert result.sent == ["email:stakeholders@example.com"]
+    assert list(result.failed) == ["email:growth@example.com"]
+    rows = ledger(warehouse).set_index("recipient")
+    assert rows.loc["growth@example.com", "status"] == "failed"
+    assert "550" in rows.loc["growth@example.com", "last_error"]
+
+    del inbox.handle_RCPT  # type: ignore[attr-defined]
+    retry = deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
+    assert retry.sent == ["email:growth@example.com"]
+    assert inbox.envelopes[-1].rcpt_tos == ["growth@example.com"]
+
+
+# ---------------------------------------------------------------- Slack
+
+
+def slack_stub(httpserver: HTTPServer, calls: list[str]) -> None:
+    """chat.postMessage and the three steps of files_upload_v2, recording each call."""
+
+    def record(name: str, body: dict[str, Any]) -> Any:
+        def handler(request: Request) -> Response:
+            calls.append(name)
+            return Response(json.dumps(body), content_type="application/json")
+
+        return handler
+
+    httpserver.expect_request("/api/chat.postMessage", method="POST").respond_with_handler(
+        record("chat.postMessage", {"ok": True, "channel": "C0123", "ts": "1730419200.000100"})
+    )
+    httpserver.expect_request(
+        "/api/files.getUploadURLExternal", method="POST"
+    ).respond_with_handler(
+        record(
+            "files.getUploadURLExternal",
+            {"ok": True, "upload_url": httpserver.url_for("/upload/F1"), "file_id": "F1"},
+        )
+    )
+    httpserver.expect_request("/upload/F1", method="POST").respond_with_handler(
+        record("upload", {"ok": True})
+    )
+    httpserver.expect_request(
+        "/api/files.completeUploadExternal", method="POST"
+    ).respond_with_handler(
+        record("files.completeUploadExternal", {"ok": True, "files": [{"id": "F1"}]})
+    )
+
+
+def slack_resource(httpserver: HTTPServer, **settings: Any) -> SlackResource:
+    return SlackResource(token="xoxb-test", base_url=httpserver.url_for("/api/"), **settings)
+
+
+def test_slack_summary_and_charts(httpserver: HTTPServer, warehouse, report, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    calls: list[str] = []
+    slack_stub(httpserver, calls)
+    result = deliver(warehouse, report, tmp_path, slack=slack_resource(httpserver))
+    assert result.failed == {}
+    assert "slack:#onboarding" in result.sent
+    # One message, then per chart an upload URL and an upload, completed once in the thread.
+    assert calls[0] == "chat.postMessage"
+    assert calls.count("files.getUploadURLExternal") == calls.count("upload") == 2
+    assert calls.count("files.completeUploadExternal") == 1
+
+    posted = next(
+        request for request, _ in httpserver.log if request.path == "/api/chat.postMessage"
+    )
+    assert posted.headers["Authorization"] == "Bearer xoxb-test"
+    payload = posted.get_json() if posted.is_json else dict(posted.form)
+    blocks = (
+        payload["blocks"] if isinstance(payload["blocks"], list) else json.loads(payload["blocks"])
+    )
+    assert payload["channel"] == "#onboarding"
+    assert blocks[0]["type"] == "header"
+    review = json.dumps(blocks)
+    # Slack mrkdwn control characters from the data are escaped.
+    assert "&lt;b&gt;now&lt;/b&gt;" in review and "35% vs 40% &amp; falling" in review
+    completed = next(
+        request
+        for request, _ in httpserver.log
+        if request.path == "/api/files.completeUploadExternal"
+    )
+    assert completed.form["channel_id"] == "C0123"
+    assert completed.form["thread_ts"] == "1730419200.000100"
+
+    row = ledger(warehouse).set_index("channel").loc["slack"]
+    assert (row.status, row.attempts, row.provider_id) == ("sent", 1, "C0123/1730419200.000100")
+    # Sent once: a re-run does not post again.
+    before = len(calls)
+    deliver(warehouse, report, tmp_path, slack=slack_resource(httpserver))
+    assert len(calls) == before
+
+
+def test_slack_rate_limit_is_retried_after_retry_after(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, warehouse, report, tmp_path
+) -> None:
+    calls: list[str] = []
+    # One-shot handlers answer before permanent ones: first a 429, then the stub succeeds.
+    httpserver.expect_oneshot_request("/api/chat.postMessage").respond_with_json(
+        {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"}
+    )
+    slack_stub(httpserver, calls)
+    started = time.monotonic()
+    result = deliver(warehouse, report, tmp_path, slack=slack_resource(httpserver))
+    assert time.monotonic() - started >= 1.0  # waited as told
+    assert "slack:#onboarding" in result.sent
+    posts = [r for r, _ in httpserver.log if r.path == "/api/chat.postMessage"]
+    assert len(posts) == 2
+    row = ledger(warehouse).set_index("channel").loc["slack"]
+    assert (row.status, row.attempts) == ("sent", 1)  # one delivery attempt, retried inside
+
+
+def test_slack_server_error_leaves_ledger_retryable_and_email_goes_out(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, smtp, warehouse, report, tmp_path
+) -> None:
+    inbox, port = smtp
+    httpserver.expect_request("/api/chat.postMessage").respond_with_data(
+        "upstream down", status=500
+    )
+    result = deliver(
+        warehouse,
+        report,
+        tmp_path,
+        slack=slack_resource(httpserver, max_server_error_retries=1),
+        email_resource=smtp_resource(port),
+    )
+    posts = [r for r, _ in httpserver.log if r.path == "/api/chat.postMessage"]
+    assert len(posts) == 2  # the first try and one retry with backoff
+    assert list(result.failed) == ["slack:#onboarding"]
+    assert len(inbox.envelopes) == 1  # email not blocked by Slack
+    rows = ledger(warehouse).set_index("channel")
+    slack_row = rows.loc["slack"]
+    assert (slack_row.status, slack_row.attempts) == ("failed", 1)
+    assert "500" in slack_row.last_error
+    assert (rows.loc["email"].status == "sent").all()
+
+    # Slack is back: the next run sends only Slack.
+    httpserver.clear()
+    calls: list[str] = []
+    slack_stub(httpserver, calls)
+    retry = deliver(
+        warehouse,
+        report,
+        tmp_path,
+        slack=slack_resource(httpserver),
+        email_resource=smtp_resource(port),
+    )
+    assert retry.sent == ["slack:#onboarding"]
+    assert len(inbox.envelopes) == 1
+    slack_row = ledger(warehouse).set_index("channel").loc["slack"]
+    assert (slack_row.status, slack_row.attempts) == ("sent", 2)
+    assert pd.isna(slack_row.last_error)
+
+
+def test_slack_upload_failure_does_not_post_the_text_twice(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, warehouse, report, tmp_path
+) -> None:
+    httpserver.expect_request("/api/chat.postMessage").respond_with_json(
+        {"ok": True, "channel": "C0123", "ts": "1.5"}
+    )
+    httpserver.expect_request("/api/files.getUploadURLExternal").respond_with_json(
+        {"ok": False, "error": "not_allowed_token_type"}
+    )
+    first = deliver(warehouse, report, tmp_path, slack=slack_resource(httpserver))
+    assert "not_allowed_token_type" in first.failed["slack:#onboarding"]
+    assert ledger(warehouse).set_index("channel").loc["slack"].status == "posted"
+
+    httpserver.clear()
+    calls: list[str] = []
+    slack_stub(httpserver, calls)
+    deliver(warehouse, report, tmp_path, slack=slack_resource(httpserver))
+    assert "chat.postMessage" not in calls and "files.completeUploadExternal" in calls
+    completed = next(r for r, _ in httpserver.log if r.path == "/api/files.completeUploadExternal")
+    assert completed.form["thread_ts"] == "1.5"
+    assert ledger(warehouse).set_index("channel").loc["slack"].status == "sent"
+
+
+# ---------------------------------------------------------------- outbox
+
+
+def test_outbox_without_credentials_then_sent_once_configured(  # type: ignore[no-untyped-def]
+    smtp, warehouse, report, tmp_path
+) -> None:
+    inbox, port = smtp
+    result = deliver(warehouse, report, tmp_path)
+    outbox = tmp_path / "outbox" / WEEK
+    assert sorted(result.outbox) == sorted(
+        [*(f"email:{r}" for r in RECIPIENTS), "slack:#onboarding"]
+    )
+    assert result.sent == [] and result.failed == {}
+    eml = email.message_from_bytes((outbox / "email.eml").read_bytes(), policy=email.policy.default)
+    assert eml["To"] == ", ".join(RECIPIENTS)
+    assert eml.get_content_type() == "multipart/alternative"
+    slack = json.loads((outbox / "slack.json").read_text())
+    assert slack["chat.postMessage"]["channel"] == "#onboarding"
+    assert slack["chat.postMessage"]["blocks"][0]["type"] == "header"
+    assert [f["filename"] for f in slack["files_upload_v2"]] == ["base_rate.png", "funnel.png"]
+    rows = ledger(warehouse)
+    assert set(rows.status) == {"outbox"} and (rows.attempts == 0).all()
+    assert set(rows.outbox_path) == {str(outbox / "email.eml"), str(outbox / "slack.json")}
+
+    # Credentials arrive: the outbox rows are delivered for real, once.
+    later = deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
+    assert sorted(later.sent) == sorted(f"email:{r}" for r in RECIPIENTS)
+    assert len(inbox.envelopes) == 1
+
+
+def test_slack_escape() -> None:
+    assert slack_escape("<!channel> & <@U1>") == "&lt;!channel&gt; &amp; &lt;@U1&gt;"
+
+
+# ---------------------------------------------------------------- Dagster assets
+
+
+def test_assets_deliver_once_and_force_resends(smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The assets on an empty warehouse (a fresh install): the report renders with "not enough
+    data yet", email is sent once, `force: true` in run config sends again."""
+    inbox, port = smtp
+    config_path = tmp_path / "onboarding.yaml"
+    config_path.write_text(
+        "aha_events: [dashboard_shared]\npartitions_start_date: 2026-06-01\n"
+        f"report: {{recipients: [{RECIPIENTS[0]}], slack_channel: '#onboarding'}}\n"
+    )
+    config = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-06-01")
+    assets = build_reporting_assets(weekly_partitions(config), [])
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    resources = {
+        "warehouse": warehouse,
+        "product_config": ProductConfigResource(path=str(config_path)),
+        "outputs": OutputDirResource(path=str(tmp_path / "out")),
+        "slack": SlackResource(),
+        "email": smtp_resource(port),
+    }
+    first = materialize(assets, resources=resources, partition_key=WEEK)
+    assert first.success
+    html = (tmp_path / "out" / "reports" / WEEK / "report.html").read_text()
+    assert "Not enough data yet" in html
+    assert len(inbox.envelopes) == 1
+    deliveries = first.asset_materializations_for_node("report_deliveries")[0].metadata
+    assert deliveries["sent"].value == [f"email:{RECIPIENTS[0]}"]
+    assert deliveries["outbox"].value == ["slack:#onboarding"]
+    report_meta = first.asset_materializations_for_node("weekly_report")[0].metadata
+    assert report_meta["report_html"].value.endswith(f"{WEEK}/report.html")
+
+    again = materialize(assets[1:], resources=resources, partition_key=WEEK)
+    assert again.success and len(inbox.envelopes) == 1
+    forced = materialize(
+        assets[1:],
+        resources=resources,
+        partition_key=WEEK,
+        run_config={"ops": {"report_deliveries": {"config": {"force": True}}}},
+    )
+    assert forced.success and len(inbox.envelopes) == 2
+    warehouse.close()
+
+
+def test_asset_fails_visibly_when_a_channel_fails(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    httpserver.expect_request("/api/chat.postMessage").respond_with_json(
+        {"ok": False, "error": "channel_not_found"}
+    )
+    config_path = tmp_path / "onboarding.yaml"
+    config_path.write_text("aha_events: [dashboard_shared]\npartitions_start_date: 2026-06-01\n")
+    config = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-06-01")
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    result = materialize(
+        build_reporting_assets(weekly_partitions(config), []),
+        resources={
+            "warehouse": warehouse,
+            "product_config": ProductConfigResource(path=str(config_path)),
+            "outputs": OutputDirResource(path=str(tmp_path / "out")),
+            "slack": slack_resource(httpserver),
+            "email": EmailResource(),
+        },
+        partition_key=WEEK,
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "channel_not_found" in str(failure.step_failure_data.error.message)
+    rows = ledger(warehouse)
+    assert rows.status.tolist() == ["failed"]
+    warehouse.close()
