@@ -14,6 +14,7 @@ from dagster import AssetKey, DagsterInstance, DailyPartitionsDefinition, Defini
 from onboarding_pipeline.activation.model import ModelStore
 from onboarding_pipeline.code_location import build_definitions
 from onboarding_pipeline.config import load_config
+from onboarding_pipeline.engagement.assets import run_summary_lines
 from onboarding_pipeline.ingestion.load import event_date_span
 from onboarding_pipeline.ingestion.sources import FileSource
 from onboarding_pipeline.reporting.assets import report_run_lines, watermark_week
@@ -62,6 +63,7 @@ class RunSummary:
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     report_lines: list[str] = field(default_factory=list)
+    engagement_lines: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         quarantined = sum(self.quarantined_by_reason.values())
@@ -82,6 +84,7 @@ class RunSummary:
                 f"  {kind + ':':<20}{', '.join(names) or '-'}"
                 for kind, names in self.events_by_class.items()
             ],
+            *self.engagement_lines,
             "Outputs:",
             f"  warehouse:          {self.settings.warehouse_url} (schema onboarding)",
             "  tables:             onboarding." + ", ".join(TABLE_NAMES),
@@ -224,6 +227,7 @@ def summarize(settings: Settings, home: Path, span: tuple[str, str] | None) -> R
                 kind: sorted(overall.event_name[overall.classification == kind])
                 for kind in ("driver", "vanity", "blocker")
             },
+            engagement_lines=run_summary_lines(warehouse),
         )
     finally:
         warehouse.close()

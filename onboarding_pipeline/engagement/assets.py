@@ -527,3 +527,26 @@ ENGAGEMENT_ASSETS = [
     intervention_effectiveness,
     nudges,
 ]
+
+
+def run_summary_lines(warehouse: WarehouseResource) -> list[str]:
+    """What `onboarding-pipeline run` prints about engagement."""
+    health = warehouse.table(HEALTH_SCORES.name)
+    current = warehouse.execute(health.filter(health.population == ONBOARDING).select("risk_level"))
+    stalls = warehouse.execute(
+        warehouse.table(STALLED_USERS.name).select("stalled", "failure_label")
+    )
+    queue = warehouse.execute(warehouse.table(INTERVENTION_QUEUE.name).select("holdout", "channel"))
+    nudge_sources = warehouse.execute(warehouse.table(NUDGES.name).select("message_source"))
+
+    def spread(series: pd.Series) -> str:
+        return ", ".join(f"{k}={v}" for k, v in series.value_counts().items()) or "-"
+
+    return [
+        f"  health (onboarding): {len(current)} users ({spread(current.risk_level)} risk)",
+        f"  stalled users:      {int(stalls.stalled.sum())} "
+        f"({spread(stalls.failure_label.dropna())})",
+        f"  intervention queue: {len(queue)} users, {int(queue.holdout.sum())} in holdout "
+        f"({spread(queue.channel)})",
+        f"  nudges written:     {len(nudge_sources)} ({spread(nudge_sources.message_source)})",
+    ]
