@@ -190,7 +190,11 @@ def test_users_come_from_first_events_and_user_properties(
         event("upgrade", "2026-01-01 09:00:00", user_properties={"plan": "pro", "role": "pm"}),
         event("page_view", "2026-01-01 10:00:00", user="u2"),
     ]
-    stub.days["2026-01-02"] = [event("search", "2026-01-02 01:00:00", event_time="not a time")]
+    stub.days["2026-01-02"] = [
+        event("search", "2026-01-02 01:00:00", event_time="not a time"),
+        # A later day's snapshot of the user's properties wins.
+        event("search", "2026-01-02 02:00:00", user_properties={"plan": "team", "role": "pm"}),
+    ]
     connector = source(httpserver, tmp_path)  # no signup_event: the first event is the signup
     connector.sync(now=NOW)
 
@@ -203,8 +207,8 @@ def test_users_come_from_first_events_and_user_properties(
         users = warehouse.execute(warehouse.table(RAW_USERS.name).order_by("user_id"))
         assert users.user_id.tolist() == ["u1", "u2"]
         assert users.signup_at.iloc[0] == datetime(2026, 1, 1, 8, tzinfo=UTC)
-        assert (users.plan.iloc[0], users.role.iloc[0]) == ("pro", "pm")  # latest properties
+        assert (users.plan.iloc[0], users.role.iloc[0]) == ("team", "pm")  # latest properties
         assert dict(events.quarantined_by_reason) == {"unparseable_timestamp": 1}
-        assert warehouse.execute(warehouse.table(RAW_EVENTS.name).count()) == 3
+        assert warehouse.execute(warehouse.table(RAW_EVENTS.name).count()) == 4
     finally:
         warehouse.close()

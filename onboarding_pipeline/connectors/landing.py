@@ -140,7 +140,7 @@ def _summarize(
     user_id, moment = record.get("user_id"), parse_instant(record.get("timestamp"))
     if not user_id or moment is None:
         return  # ingestion quarantines the event; it cannot make a user
-    stamp = moment.isoformat()  # UTC, one format: text order is time order
+    stamp = moment.isoformat(timespec="microseconds")  # one format: text order is time order
     summary = summaries.setdefault(user_id, {"user_id": user_id, "first_seen": stamp})
     summary["first_seen"] = min(summary["first_seen"], stamp)
     if signup is not None and record.get("event_name") == signup:
