@@ -581,18 +581,22 @@ def test_nudges_asset_uses_the_real_anthropic_client_then_its_cache(
             instance=instance, asset_selection=[AssetKey("nudges")]
         ).success
         nudges = warehouse.execute(warehouse.table("nudges"))
-        assert (nudges.message_source == "llm").all() and (nudges.message == text).all()
-        calls = len(httpserver.log)
-        assert calls == treated
+        budget = min(treated, 200)  # interventions.nudges.max_calls_per_run
+        assert (nudges.message_source == "llm").sum() == budget
+        assert (nudges.message[nudges.message_source == "llm"] == text).all()
+        over = nudges[nudges.message_source == "template"]
+        assert len(over) == treated - budget and over.note.str.contains("budget").all()
+        assert len(httpserver.log) == budget
         bodies = [request.get_data(as_text=True) for request, _ in httpserver.log]
         assert not any("@" in body for body in bodies)  # no email address reaches the LLM
         assert all(
             r.headers["Authorization"] == "Bearer test-key-not-real" for r, _ in httpserver.log
         )
-        # A rerun costs nothing: every message comes from the cache.
+        # A rerun asks only for what the budget left out: the rest comes from the cache.
         assert job.execute_in_process(
             instance=instance, asset_selection=[AssetKey("nudges")]
         ).success
-    assert len(httpserver.log) == calls
+    assert len(httpserver.log) == treated
     again = warehouse.execute(warehouse.table("nudges"))
-    assert (again.message_source == "cache").all()
+    assert (again.message_source == "cache").sum() == budget
+    assert (again.message_source == "llm").sum() == treated - budget

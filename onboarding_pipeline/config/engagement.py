@@ -65,7 +65,8 @@ class OnboardingPath(_Strict):
     description: str = ""
     milestones: list[Milestone] = Field(min_length=1)
     timeline_days: int = Field(default=14, ge=1, le=365)
-    # Days after signup when a touchpoint is planned (shown in milestone_progress).
+    # Days after signup (day 0 = the first 24 h) when every user of the path is queued for a
+    # touch, stalled or not.
     touchpoint_days: list[int] = Field(default_factory=lambda: [1, 3, 7])
     owner: str | None = None
 

@@ -1,6 +1,7 @@
 """The intervention queue: one named next action per user who needs one now.
 
-Who: users still onboarding who are stalled or at a queued risk level. What: the fix for
+Who: users still onboarding who are stalled, at a queued risk level, or at a planned
+touchpoint day of their path. What: the fix for
 their failure label when one is configured, else the next missing milestone of their path.
 How urgently: `urgent` (low activation probability, several days in), `guide` (first days),
 else `nudge`. Where: the escalation ladder (in-app, email, human) one step per send, email
@@ -118,6 +119,17 @@ def ladder_position(
     return steps, keep
 
 
+def touchpoint_today(users: pd.DataFrame, paths: dict[str, OnboardingPath]) -> pd.Series:
+    """Whether today is one of the planned touchpoint days of the user's path (day 0 = the
+    first 24 hours after signup)."""
+    day = np.floor(users.days_since_signup.to_numpy(dtype=float)).astype(int)
+    planned = [
+        d in paths[path].touchpoint_days if path in paths else False
+        for path, d in zip(users.path, day, strict=True)
+    ]
+    return pd.Series(planned, index=users.index, dtype=bool)
+
+
 def build_queue(
     users: pd.DataFrame,
     history: pd.DataFrame,
@@ -136,7 +148,9 @@ def build_queue(
     this experiment (today's rows are ignored, so a rerun of the day gives the same queue).
     """
     today = pd.Timestamp(now).date()
-    wanted = users[users.stalled.fillna(False) | users.risk_level.isin(rules.queue_risk_levels)]
+    touchpoint = touchpoint_today(users, paths)
+    at_risk = users.risk_level.isin(rules.queue_risk_levels)
+    wanted = users[users.stalled.fillna(False).astype(bool) | at_risk | touchpoint]
     if wanted.empty:
         return pd.DataFrame(columns=QUEUE_COLUMNS)
     wanted = wanted.copy()
@@ -173,10 +187,12 @@ def build_queue(
     wanted["reason"] = wanted.evidence.where(
         wanted.evidence.notna(),
         [
-            f"health {h:.0f}/100 ({r} risk)"
+            ("planned touchpoint; " if t else "")
+            + f"health {h:.0f}/100 ({r} risk)"
             + (f"; activation probability {p:.0%}" if p == p else "")
             + f"; next step: {a}; day {d:.0f} since signup"
-            for h, r, p, a, d in zip(
+            for t, h, r, p, a, d in zip(
+                touchpoint[wanted.index],
                 wanted.health_score,
                 wanted.risk_level,
                 probability,
