@@ -182,11 +182,15 @@ def test_401_names_the_environment_variables(
     assert Landing(tmp_path / "landing").cursor() is None
 
 
-def test_users_come_from_first_events_and_user_properties(
+def test_users_come_from_creation_time_first_events_and_user_properties(
     stub: StubAmplitude, httpserver: HTTPServer, tmp_path: Path, config: ProductConfig
 ) -> None:
     stub.days["2026-01-01"] = [
         event("page_view", "2026-01-01 08:00:00", user_properties={"plan": "free"}),
+        # u2 was created before the first day fetched: that, not its first event, is its signup.
+        event(
+            "page_view", "2026-01-01 09:30:00", user="u2", user_creation_time="2025-12-31 23:00:00"
+        ),
         event("upgrade", "2026-01-01 09:00:00", user_properties={"plan": "pro", "role": "pm"}),
         event("page_view", "2026-01-01 10:00:00", user="u2"),
     ]
@@ -206,9 +210,12 @@ def test_users_come_from_first_events_and_user_properties(
         )
         users = warehouse.execute(warehouse.table(RAW_USERS.name).order_by("user_id"))
         assert users.user_id.tolist() == ["u1", "u2"]
-        assert users.signup_at.iloc[0] == datetime(2026, 1, 1, 8, tzinfo=UTC)
+        assert users.signup_at.tolist() == [
+            datetime(2026, 1, 1, 8, tzinfo=UTC),
+            datetime(2025, 12, 31, 23, tzinfo=UTC),
+        ]
         assert (users.plan.iloc[0], users.role.iloc[0]) == ("team", "pm")  # latest properties
         assert dict(events.quarantined_by_reason) == {"unparseable_timestamp": 1}
-        assert warehouse.execute(warehouse.table(RAW_EVENTS.name).count()) == 4
+        assert warehouse.execute(warehouse.table(RAW_EVENTS.name).count()) == 5
     finally:
         warehouse.close()

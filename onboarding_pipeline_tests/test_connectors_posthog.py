@@ -30,6 +30,7 @@ COLUMNS = [
     "person_id",
     "properties",
     "person_properties",
+    "person_created_at",
 ]
 
 
@@ -44,6 +45,7 @@ def ph_event(
         "person_id": f"person-{user}",
         "properties": json.dumps({"$session_id": session or f"s-{user}", **properties}),
         "person_properties": json.dumps({"email": f"{user}@example.com"}),
+        "person_created_at": "2025-12-30T08:00:00Z",
     }
 
 
@@ -227,6 +229,22 @@ def test_429_and_a_cut_off_answer_are_retried(
     assert waits == [3.0, 0.0]
     assert report.stats.retries == 2
     assert [e["event_id"] for e in landed(tmp_path, "2026-01-01")] == ["a"]
+
+
+def test_without_a_signup_event_the_person_creation_time_is_the_signup(
+    stub: StubPostHog, httpserver: HTTPServer, tmp_path: Path, config: ProductConfig
+) -> None:
+    # A user created before the first day fetched: not a new signup on that day.
+    stub.events = [ph_event("a", "search", "2026-01-01T09:00:00Z")]
+    connector = source(httpserver, tmp_path, signup_event=None)
+    connector.sync(now=NOW)
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'w.duckdb'}")
+    try:
+        ingest_users(warehouse, connector, config)
+        users = warehouse.execute(warehouse.table(RAW_USERS.name))
+        assert users.signup_at.tolist() == [datetime(2025, 12, 30, 8, tzinfo=UTC)]
+    finally:
+        warehouse.close()
 
 
 def test_person_id_can_be_the_user(

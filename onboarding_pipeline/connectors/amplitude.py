@@ -49,6 +49,7 @@ def normalize_event(line: str) -> Record:
         # Kept as they came: ingestion quarantines a value that is not an object.
         "properties": event_properties if event_properties not in (None, {}) else None,
         "user_properties": raw.get("user_properties") or None,
+        "user_created_at": _text(raw.get("user_creation_time")),
     }
 
 

@@ -22,7 +22,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-# A fetched event in contract columns (plus `user_properties` for the users), or a raw line.
+# A fetched event in contract columns (plus `user_properties` and `user_created_at`, the
+# tool's own creation time of the user, for the users table), or a raw line.
 Record = dict[str, Any] | str
 
 EVENT_KEYS = ("event_id", "user_id", "event_name", "timestamp", "session_id", "properties")
@@ -105,13 +106,14 @@ class Landing:
     def rebuild_users(self, signup_event: str | None) -> int:
         """Merge the daily user summaries into `users.jsonl`; returns the users written.
 
-        The signup is the first `signup_event` (or, without one, the first event at all); the
-        attributes are the latest user/person properties seen.
+        The signup is the first `signup_event`; without one, the tool's creation time of the
+        user (Amplitude `user_creation_time`, PostHog person `created_at`), else the user's
+        first event. The attributes are the latest user/person properties seen.
         """
         users: dict[str, dict[str, Any]] = {}
         for summary in _read_lines(sorted((self.root / "users").glob("*.jsonl"))):
             merged = users.setdefault(summary["user_id"], {"user_id": summary["user_id"]})
-            for key in ("first_seen", "signup_at"):
+            for key in ("first_seen", "signup_at", "created_at"):
                 if summary.get(key) and (not merged.get(key) or summary[key] < merged[key]):
                     merged[key] = summary[key]
             if summary.get("properties_at") and (
@@ -122,7 +124,11 @@ class Landing:
                 merged["properties"] = summary["properties"]
         rows = []
         for user in users.values():
-            signup_at = user.get("signup_at") if signup_event else user.get("first_seen")
+            signup_at = (
+                user.get("signup_at")
+                if signup_event
+                else user.get("created_at") or user.get("first_seen")
+            )
             if not signup_at:
                 continue
             row: dict[str, Any] = {"user_id": user["user_id"], "signup_at": signup_at}
@@ -145,6 +151,10 @@ def _summarize(
     summary["first_seen"] = min(summary["first_seen"], stamp)
     if signup is not None and record.get("event_name") == signup:
         summary["signup_at"] = min(summary.get("signup_at") or stamp, stamp)
+    created = parse_instant(record.get("user_created_at"))
+    if created is not None:
+        created_text = created.isoformat(timespec="microseconds")
+        summary["created_at"] = min(summary.get("created_at") or created_text, created_text)
     properties = record.get("user_properties")
     if isinstance(properties, dict) and properties and stamp >= summary.get("properties_at", ""):
         summary["properties_at"] = stamp

@@ -20,7 +20,7 @@ from onboarding_pipeline.connectors.landing import Record, parse_instant
 ENV_API_KEY = "POSTHOG_PERSONAL_API_KEY"
 _SELECT = """
 SELECT uuid, event, timestamp, distinct_id, person_id, properties,
-       person.properties AS person_properties
+       person.properties AS person_properties, person.created_at AS person_created_at
 FROM events
 WHERE timestamp < toDateTime64({before}, 6, 'UTC') AND {page_start}
 ORDER BY timestamp, toString(uuid)
@@ -57,6 +57,7 @@ def normalize_row(row: dict[str, Any], user_id: str) -> Record:
         "session_id": _text(session),
         "properties": properties or None,
         "user_properties": person if isinstance(person, dict) else None,
+        "user_created_at": _text(row.get("person_created_at")),
     }
 
 
