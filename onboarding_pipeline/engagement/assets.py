@@ -77,8 +77,12 @@ GROUP = "engagement"
 LEDGER_KEYS = ["queued_on", "user_id", "experiment"]
 
 
-def load_activity(warehouse: WarehouseResource, config: ProductConfig) -> tuple[Activity, datetime]:
-    """Both populations with their path, and what they did up to their cutoff."""
+def load_activity(
+    warehouse: WarehouseResource,
+    config: ProductConfig,
+    populations: tuple[str, ...] = (ONBOARDING, BACKTEST),
+) -> tuple[Activity, datetime]:
+    """Users of `populations` with their path, and what they did up to their cutoff."""
     events = warehouse.table(RAW_EVENTS.name)
     now = now_of(events, config, warehouse.connect())
     who = people(
@@ -87,6 +91,7 @@ def load_activity(warehouse: WarehouseResource, config: ProductConfig) -> tuple[
         now,
         config.observation_hours,
     )
+    who = who.filter(who.population.isin(list(populations)))
     users_expr, by_event_expr = activity_expressions(who, events, warehouse.table(SESSIONS.name))
     users = warehouse.execute(users_expr)
     users["path"] = assign_paths(users, list(config.segments), config.onboarding_paths())
@@ -113,8 +118,8 @@ def milestone_progress(
     """Per user still onboarding: their path (first matching segment rule), which of its
     milestones are done and when (on time or late against the due day), and the next one."""
     config = product_config.load()
-    activity, now = load_activity(warehouse, config)
-    onboarding = activity.users[activity.users.population == ONBOARDING]
+    activity, now = load_activity(warehouse, config, (ONBOARDING,))
+    onboarding = activity.users
     progress = progress_of(onboarding, activity.by_event, config.onboarding_paths())
     warehouse.replace_all(MILESTONE_PROGRESS.name, table_to_arrow(progress))
     summary = next_milestones(progress) if len(progress) else pd.DataFrame()
@@ -235,8 +240,8 @@ def stalled_users(
     completed) and why: evidence (last event and its time, current step, days since signup)
     and one failure label (access block, invite failure, generic-tour trap, no-show, other)."""
     config = product_config.load()
-    activity, now = load_activity(warehouse, config)
-    onboarding = activity.users[activity.users.population == ONBOARDING]
+    activity, now = load_activity(warehouse, config, (ONBOARDING,))
+    onboarding = activity.users
     progress = warehouse.execute(warehouse.table(MILESTONE_PROGRESS.name))
     steps = next_milestones(progress) if len(progress) else _no_steps()
     paths = config.onboarding_paths()
