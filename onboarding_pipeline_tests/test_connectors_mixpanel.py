@@ -227,6 +227,8 @@ def test_truncated_gzip_is_retried_and_a_day_that_stays_broken_is_never_landed(
 
     assert [e["event_id"] for e in landed(tmp_path, "2026-01-01")] == ["i1"]
     assert not (tmp_path / "landing" / "events" / "2026-01-02.jsonl").exists()
+    # The users of the day that landed are there for ingestion all the same.
+    assert (tmp_path / "landing" / "users.jsonl").read_text().count('"user_id":"u1"') == 1
     # The cursor stays on the last complete day: the next sync starts again at Jan 2.
     assert Landing(tmp_path / "landing").cursor() == date(2026, 1, 1)
     assert stub.requested_days() == ["2026-01-01", "2026-01-01", *["2026-01-02"] * 3]

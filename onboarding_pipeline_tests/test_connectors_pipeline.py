@@ -106,6 +106,7 @@ def test_materialize_from_a_stub_posthog_through_sessions(
         assert sync["rows_fetched"] == 7
         assert sync["cursor_before"] == "none (first sync)"
         assert sync["cursor_after"] == "2026-01-03"
+        assert sync["users_landed"] == 2  # "legacy" never sent the signup event
         assert sync["pages"] == 5  # Jan 1 needs two pages of two, Jan 2 two, Jan 3 one
         events = metadata_of(instance, "raw_events")
         assert events["rows_read"] == 7 and events["rows_accepted"] == 6

@@ -106,20 +106,23 @@ class ConnectorSource(SourceResource):
             policy.sleep = sleep
         fetch = Fetch(policy, report.stats, log, self.timeout_seconds)
         cursor = report.cursor_before
-        with self.session() as session:
-            for day in days:
-                records = self.fetch_day(session, day, now, fetch)
-                landed = landing.land_day(day, records, self.signup_event)
-                # Only now is the day complete on disk: the cursor may move past it.
-                cursor = day if cursor is None else max(cursor, day)
-                landing.save_cursor(cursor)
-                report.days.append(day)
-                report.rows_by_day[day.isoformat()] = landed
-                report.rows_fetched += landed
-                log(f"{self.kind}: landed {landed} events of {day}")
+        try:
+            with self.session() as session:
+                for day in days:
+                    records = self.fetch_day(session, day, now, fetch)
+                    landed = landing.land_day(day, records, self.signup_event)
+                    # Only now is the day complete on disk: the cursor may move past it.
+                    cursor = day if cursor is None else max(cursor, day)
+                    landing.save_cursor(cursor)
+                    report.days.append(day)
+                    report.rows_by_day[day.isoformat()] = landed
+                    report.rows_fetched += landed
+                    log(f"{self.kind}: landed {landed} events of {day}")
+        finally:
+            # Also after a failure: the users of the days that did land must match them.
+            if self.users_file is None and report.days:
+                report.users_landed = landing.rebuild_users(self.signup_event)
         report.cursor_after = cursor
-        if self.users_file is None:
-            report.users_landed = landing.rebuild_users(self.signup_event)
         return report
 
     # -- reading (what ingestion calls) -------------------------------------------------------
