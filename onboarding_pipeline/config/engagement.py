@@ -8,9 +8,9 @@ documented in docs/configuration.md.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from onboarding_pipeline.engagement.nudge_writer import NudgeSettings
 
@@ -122,20 +122,23 @@ class StallRules(_Strict):
     )
 
 
+def _known_failure_labels(mapping: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(mapping) - set(FAILURE_LABELS))
+    if unknown:
+        raise ValueError(f"unknown failure label(s) {unknown}; expected {FAILURE_LABELS}")
+    return mapping
+
+
+# A mapping keyed by failure label: a typo in a label is an error, not a silent no-op.
+ByFailureLabel = Annotated[dict[str, str], AfterValidator(_known_failure_labels)]
+
+
 class Owners(_Strict):
     """Who acts: by failure label first, then by path, then the default."""
 
     default: str = "growth"
     by_path: dict[str, str] = Field(default_factory=dict)
-    by_failure_label: dict[str, str] = Field(default_factory=lambda: {"access_block": "support"})
-
-    @field_validator("by_failure_label")
-    @classmethod
-    def _known_labels(cls, owners: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(owners) - set(FAILURE_LABELS))
-        if unknown:
-            raise ValueError(f"unknown failure label(s) {unknown}; expected {FAILURE_LABELS}")
-        return owners
+    by_failure_label: ByFailureLabel = Field(default_factory=lambda: {"access_block": "support"})
 
 
 DEFAULT_FIXES = {
@@ -164,7 +167,7 @@ class InterventionRules(_Strict):
     owners: Owners = Field(default_factory=Owners)
     # Failure label -> next action (defaults in DEFAULT_FIXES; labels without a fix get the
     # next milestone of the path).
-    fixes: dict[str, str] = Field(default_factory=dict)
+    fixes: ByFailureLabel = Field(default_factory=dict)
     # Expected activation gain of an intervention before effectiveness has been measured.
     assumed_uplift: float = Field(default=0.05, ge=0, le=1)
     stall: StallRules = Field(default_factory=StallRules)
@@ -176,14 +179,6 @@ class InterventionRules(_Strict):
         if not ladder:
             raise ValueError("the escalation ladder needs at least one channel")
         return ladder
-
-    @field_validator("fixes")
-    @classmethod
-    def _fix_labels(cls, fixes: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(fixes) - set(FAILURE_LABELS))
-        if unknown:
-            raise ValueError(f"unknown failure label(s) {unknown}; expected {FAILURE_LABELS}")
-        return fixes
 
     def fix_for(self, failure_label: str) -> str | None:
         return self.fixes.get(failure_label) or DEFAULT_FIXES.get(failure_label)
