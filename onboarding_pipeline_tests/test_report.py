@@ -212,3 +212,61 @@ def test_watermark_week() -> None:
     assert watermark_week(weeks, ("2026-06-13", "2026-11-02")) == "2026-11-02"
     assert watermark_week(weeks, ("2020-01-01", "2020-01-05")) == "2026-06-01"  # clipped
     assert watermark_week(None, ("2026-06-13", "2026-10-31")) is None
+
+
+def test_review_puts_a_kpi_miss_first_then_the_most_severe() -> None:
+    owners = {"kpis": "Maria", "funnel": "Jonas", "critical_path": "Ada"}
+    config = ProductConfig(aha_events=["a"], report={"owners": owners})
+    miss = {
+        "kpi": "activation_rate",
+        "label": "Activation rate",
+        "unit": "rate",
+        "cohort": "2026-10-12",
+        "value": 0.35,
+        "users": 200,
+        "previous_value": 0.36,
+        "target": 0.4,
+        "meets_target": False,
+    }
+    met = {
+        **miss,
+        "kpi": "retention_rate",
+        "label": "Retention",
+        "value": 0.5,
+        "meets_target": True,
+    }
+    blocker = {
+        "event_name": "permission_error",
+        "users_with_event": 50,
+        "activation_rate_with": 0.2,
+        "activation_rate_without": 0.4,
+        "adjusted_effect": -0.9,
+        "adjusted_q_value": 0.001,
+    }
+    data = ReportData(
+        title="t",
+        week="2026-10-26",
+        week_end="2026-11-01",
+        watermark=None,
+        generated_at="now",
+        language="en",
+        kpis=[met, miss],
+        worst_drop={
+            "step": "b",
+            "from_step": "a",
+            "drop_off_rate": 0.6,
+            "dropped": 60,
+            "users_at_previous": 100,
+        },
+        critical_path={"drivers": [], "vanity": [], "blockers": [blocker]},
+    )
+    items = review_items(data, config)
+    # Shortfall 12.5% ranks below the 60% drop-off and the 50% blocker loss, but comes first.
+    assert [item["area"] for item in items] == ["kpis", "funnel", "critical_path"]
+    assert [item["owner"] for item in items] == ["Maria", "Jonas", "Ada"]
+    assert "35.0% against a target of 40.0%" in items[0]["evidence"]
+    assert "20.0% vs 40.0%" in items[2]["evidence"]
+    one = ProductConfig(aha_events=["a"], report={"owners": owners, "review_items": 1})
+    assert [item["title"] for item in review_items(data, one)] == [
+        "Activation rate misses its target"
+    ]

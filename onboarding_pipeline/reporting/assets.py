@@ -22,7 +22,12 @@ from onboarding_pipeline.activation.assets import png_markdown
 from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.reporting.delivery import deliver_report
 from onboarding_pipeline.reporting.mail import EmailResource
-from onboarding_pipeline.reporting.report import gather_report, load_report, write_report
+from onboarding_pipeline.reporting.report import (
+    gather_report,
+    load_report,
+    render_markdown,
+    write_report,
+)
 from onboarding_pipeline.reporting.slack import SlackResource
 from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
 from onboarding_pipeline.warehouse import WarehouseResource
@@ -97,7 +102,8 @@ def build_reporting_assets(
             "report_html": MetadataValue.path(str(files.html)),
             "report_markdown": MetadataValue.path(str(files.markdown)),
             "open_report": MetadataValue.url(files.html.as_uri()),
-            "summary": MetadataValue.md(files.markdown.read_text(encoding="utf-8")),
+            # Without the file links of report.md: the UI shows the charts below instead.
+            "summary": MetadataValue.md(render_markdown(data)),
             "review_items": MetadataValue.json(data.review),
             "sections_without_data": MetadataValue.json(data.missing),
         }

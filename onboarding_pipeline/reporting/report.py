@@ -520,7 +520,8 @@ def _queue(warehouse: WarehouseResource, tables: set[str]) -> dict[str, Any] | N
 def review_items(data: ReportData, config: ProductConfig) -> list[dict[str, Any]]:
     """The 1-3 issues for the weekly review: every candidate gets a severity in [0, 1] from
     the data (relative KPI shortfall, drop-off rate, lost activation, share of stalled users);
-    the most severe per area are kept, so one area cannot fill the whole agenda."""
+    the most severe per area are kept, so one area cannot fill the whole agenda. A KPI that
+    misses its target comes first (it is what the review is for), then by severity."""
     owners = config.report.owners
     candidates: list[dict[str, Any]] = []
     for kpi in data.kpis or []:
@@ -596,24 +597,27 @@ def review_items(data: ReportData, config: ProductConfig) -> list[dict[str, Any]
         for row in stalled:
             by_label[row["failure_label"]] = by_label.get(row["failure_label"], 0) + row["stalled"]
         label, count = max(by_label.items(), key=lambda item: item[1])
-        # The owner who holds most of those users in the queue answers for them.
+        # The queue owner (a team) holding most of those users goes into the evidence.
         holders = [row for row in stalled if row["failure_label"] == label]
-        owner = max(holders, key=lambda row: row["stalled"])["owner"]
+        team = max(holders, key=lambda row: row["stalled"])["owner"]
         candidates.append(
             {
                 "area": "engagement",
                 "severity": count / total,
                 "title": f"Most stalled users fail with {label.replace('_', ' ')}",
                 "evidence": f"{count:,} of {total:,} stalled users ({fmt_rate(count / total)}) "
-                f"carry the failure label {label}.",
-                "owner": owners.engagement if owner == "unassigned" else owner,
+                f"carry the failure label {label}"
+                + (f"; most are queued to {team}." if team != "unassigned" else "."),
+                "owner": owners.engagement,
             }
         )
     best: dict[str, dict[str, Any]] = {}
     for item in candidates:
         if item["area"] not in best or item["severity"] > best[item["area"]]["severity"]:
             best[item["area"]] = item
-    ranked = sorted(best.values(), key=lambda item: item["severity"], reverse=True)
+    ranked = sorted(
+        best.values(), key=lambda item: (item["area"] == "kpis", item["severity"]), reverse=True
+    )
     return ranked[: config.report.review_items]
 
 
