@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,25 @@ def test_429_is_retried_after_the_time_the_server_asks_for(
 
     assert waits == [7.0]
     assert (report.stats.requests, report.stats.retries, report.rows_fetched) == (2, 1, 1)
+    assert [e["event_id"] for e in landed(tmp_path, "2026-01-01")] == ["i1"]
+
+
+def test_a_timeout_is_retried(stub: StubMixpanel, httpserver: HTTPServer, tmp_path: Path) -> None:
+    stub.days["2026-01-01"] = [event("Sign Up", "u1", "2026-01-01T09:00:00", "i1")]
+    slow = {"left": 1}
+    answer = stub.handle
+
+    def slow_once(request: Request) -> Response:
+        if slow["left"]:
+            slow["left"] -= 1
+            time.sleep(1.0)
+        return answer(request)
+
+    httpserver.clear_all_handlers()
+    httpserver.expect_request("/api/2.0/export").respond_with_handler(slow_once)
+    connector = source(httpserver, tmp_path, end_date="2026-01-01", timeout_seconds=0.4)
+    report = connector.sync(now=NOW)
+    assert report.stats.retries >= 1
     assert [e["event_id"] for e in landed(tmp_path, "2026-01-01")] == ["i1"]
 
 

@@ -247,6 +247,19 @@ def test_without_a_signup_event_the_person_creation_time_is_the_signup(
         warehouse.close()
 
 
+def test_a_bad_base_url_fails_at_once_naming_the_setting(tmp_path: Path) -> None:
+    connector = PostHogSource(
+        landing_dir=str(tmp_path / "landing"),
+        start_date="2026-01-01",
+        end_date="2026-01-01",
+        base_url="us.posthog.com",  # no scheme
+        project_id=PROJECT,
+        api_key=KEY,
+    )
+    with pytest.raises(SourceError, match=r"source\.base_url"):
+        connector.sync(now=NOW, sleep=lambda _: pytest.fail("a bad URL is not retried"))
+
+
 def test_person_id_can_be_the_user(
     stub: StubPostHog, httpserver: HTTPServer, tmp_path: Path
 ) -> None:

@@ -14,6 +14,12 @@ import requests
 import urllib3.exceptions
 
 T = TypeVar("T")
+# Not worth a retry: the configured address itself is wrong.
+_BAD_URL = (
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+)
 Log = Callable[[str], None]
 
 
@@ -59,12 +65,18 @@ def with_retries(
         stats.requests += 1
         try:
             return attempt()
+        except _BAD_URL as error:
+            raise SourceError(
+                f"{what}: invalid URL ({error}): check source.base_url (or source.host) in "
+                "onboarding.yaml"
+            ) from error
         except (TransientError, requests.RequestException, urllib3.exceptions.HTTPError) as error:
             if number == policy.max_attempts:
                 raise SourceError(
                     f"{what}: still failing after {number} attempts ({_describe(error)}); "
-                    "the service may be down or rate limiting: try again later, or raise "
-                    "source.max_attempts / source.timeout_seconds in onboarding.yaml"
+                    "the service may be down or rate limiting: try again later, raise "
+                    "source.max_attempts / source.timeout_seconds in onboarding.yaml, or check "
+                    "source.base_url / region / host"
                 ) from error
             retry_after = error.retry_after if isinstance(error, TransientError) else None
             wait = (
