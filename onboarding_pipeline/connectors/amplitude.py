@@ -68,7 +68,11 @@ def read_archive(body: bytes) -> list[str]:
                 data = archive.read(name)
                 if name.endswith(".gz"):
                     data = gzip.decompress(data)
-                lines.extend(line for line in data.decode("utf-8").split("\n") if line.strip())
+                lines.extend(
+                    line
+                    for line in data.decode("utf-8", errors="replace").split("\n")
+                    if line.strip()
+                )
             return lines
     except (zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise TransientError(f"truncated or corrupt export archive: {error}") from error

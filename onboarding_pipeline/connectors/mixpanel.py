@@ -117,7 +117,7 @@ class MixpanelSource(ConnectorSource):
                 body = gunzip_if_needed(
                     read_body(response), response.headers.get("Content-Encoding")
                 )
-            text = body.decode("utf-8")
+            text = body.decode("utf-8", errors="replace")
             lines = text.split("\n")
             if lines and lines[-1].strip():
                 # Lines end in a newline; a last line without one may have been cut off.
