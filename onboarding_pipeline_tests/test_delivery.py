@@ -8,7 +8,10 @@ import email
 import email.policy
 import json
 import socket
+import ssl
+import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -32,6 +35,7 @@ from onboarding_pipeline.resources import OutputDirResource, ProductConfigResour
 from onboarding_pipeline.warehouse import WarehouseResource
 
 WEEK = "2026-10-26"
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RECIPIENTS = ["stakeholders@example.com", "growth@example.com"]
 CONFIG = ProductConfig(
     aha_events=["dashboard_shared"],
@@ -540,3 +544,86 @@ def test_asset_fails_visibly_when_a_channel_fails(  # type: ignore[no-untyped-de
     rows = ledger(warehouse)
     assert rows.status.tolist() == ["failed"]
     warehouse.close()
+
+
+# ---------------------------------------------------------------- TLS and PostgreSQL
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_email_over_tls_with_login(  # type: ignore[no-untyped-def]
+    security: str, certificate, warehouse, report, tmp_path
+) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    inbox, port = Inbox(), free_port()
+    logins: list[bytes] = []
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth: Any) -> Any:
+        logins.append(auth.login)
+        return AuthResult(success=(auth.login, auth.password) == (b"reporter", b"s3cret"))
+
+    tls = (
+        {"tls_context": server_tls, "require_starttls": True}
+        if security == "starttls"
+        # aiosmtpd does not count implicit TLS as TLS for AUTH; the socket is TLS all the same.
+        else {"ssl_context": server_tls, "auth_require_tls": False}
+    )
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=port, authenticator=authenticate, **tls
+    )
+    controller.start()
+    try:
+        resource = EmailResource(
+            host="127.0.0.1",
+            port=port,
+            security=security,  # type: ignore[arg-type]
+            username="reporter",
+            password="s3cret",
+            ca_file=str(cert),
+        )
+        result = deliver(warehouse, report, tmp_path, email_resource=resource)
+        assert result.failed == {}
+        assert len(inbox.envelopes) == 1 and logins == [b"reporter"]
+        # Without the CA the certificate is rejected: nothing is sent, the ledger says why.
+        untrusted = resource.model_copy(update={"ca_file": None})
+        failed = deliver(warehouse, report, tmp_path, email_resource=untrusted, force=True)
+        assert "CERTIFICATE_VERIFY_FAILED" in failed.failed["email:stakeholders@example.com"]
+        assert len(inbox.envelopes) == 1
+        assert set(ledger(warehouse).query("channel == 'email'").status) == {"failed"}
+    finally:
+        controller.stop()
+
+
+def test_ledger_on_postgres(smtp, report, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The same delivery code with the warehouse on PostgreSQL (own schema, dropped after)."""
+    inbox, port = smtp
+    schema = f"onboarding_test_{uuid.uuid4().hex[:8]}"
+    warehouse = WarehouseResource(url=POSTGRES_URL, schema_name=schema)
+    try:
+        deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
+        again = deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
+        assert len(inbox.envelopes) == 1 and again.sent == []
+        rows = ledger(warehouse)
+        assert rows.status.tolist() == ["sent", "sent", "outbox"]
+        assert rows.attempts.tolist() == [1, 1, 0]
+    finally:
+        warehouse.connect().drop_database(schema, force=True, cascade=True)
+        warehouse.close()

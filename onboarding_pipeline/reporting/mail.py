@@ -18,6 +18,7 @@ ENV_SMTP = {
     "password": "SMTP_PASSWORD",
     "sender": "SMTP_FROM",
     "security": "SMTP_SECURITY",
+    "ca_file": "SMTP_CA_FILE",
 }
 DEFAULT_SENDER = "onboarding-pipeline@localhost"
 
@@ -34,6 +35,8 @@ class EmailResource(ConfigurableResource):
     password: str | None = None
     sender: str = DEFAULT_SENDER
     security: Literal["starttls", "ssl", "none"] = "starttls"
+    # PEM bundle of a private CA that signed the server's certificate; None = system CAs.
+    ca_file: str | None = None
     timeout_seconds: float = 30.0
 
     @property
@@ -45,7 +48,8 @@ class EmailResource(ConfigurableResource):
         the server refused (address -> reason). Raises on a failure of the whole message."""
         if not self.host:
             raise RuntimeError("SMTP_HOST is not set")
-        context = ssl.create_default_context()
+        # Certificates and host names are always verified.
+        context = ssl.create_default_context(cafile=self.ca_file)
         port = self.port or {"ssl": 465, "starttls": 587}.get(self.security, 25)
         smtp: smtplib.SMTP
         if self.security == "ssl":
