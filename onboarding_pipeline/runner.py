@@ -48,6 +48,11 @@ event_log_storage:
   class: ConsolidatedSqliteEventLogStorage
   config:
     base_dir: {history}
+# The embedded DuckDB file takes one writing process: runs launched by `dagster dev`'s
+# schedules and sensors queue up instead of failing on its lock.
+concurrency:
+  runs:
+    max_concurrent_runs: 1
 """
 
 
