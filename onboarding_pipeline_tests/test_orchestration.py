@@ -166,6 +166,26 @@ def test_weekly_schedule_runs_monday_8_local_for_the_week_that_ended() -> None:
     assert request.run_key == "report-2026-11-16"
 
 
+def test_weekly_report_schedule_of_the_code_location(sample_defs: Definitions) -> None:
+    """The real report job and its weekly partitions, in the sample's `report.timezone`."""
+    schedule = sample_defs.resolve_schedule_def("weekly_report_schedule")
+    assert schedule.execution_timezone == "Europe/Berlin"
+    job = sample_defs.resolve_job_def(schedule.job_name)
+    graph = sample_defs.resolve_asset_graph()
+    assert {graph.get(k).group_name for k in job.asset_layer.selected_asset_keys} == {"reporting"}
+    with instance_for_test() as instance:
+        data = schedule.evaluate_tick(
+            build_schedule_context(
+                instance=instance,
+                scheduled_execution_time=datetime(2026, 11, 23, 7, tzinfo=UTC),
+                repository_def=sample_defs.get_repository_def(),
+            )
+        )
+    [request] = data.run_requests or []
+    # The sample's weeks run Monday to Monday (UTC): the one that just ended.
+    assert request.partition_key == "2026-11-16"
+
+
 # --- a real failed refresh: the blocking check, the weekly gate and the Slack alert ------------
 
 
