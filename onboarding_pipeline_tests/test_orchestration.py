@@ -40,6 +40,7 @@ from onboarding_pipeline.orchestration.schedules import (
     build_weekly_report_schedule,
     daily_partition_range,
 )
+from onboarding_pipeline.orchestration.sensors import RunFailure, failure_message
 from onboarding_pipeline.partitions import daily_partitions
 from onboarding_pipeline.reporting.slack import SlackResource
 from onboarding_pipeline.runner import RANGE_END_TAG, RANGE_START_TAG
@@ -390,3 +391,17 @@ def test_landing_sensor_skips_an_empty_directory(sample_defs: Definitions, tmp_p
 def test_landing_sensor_requests_the_daily_job(sample_defs: Definitions) -> None:
     sensor = sample_defs.resolve_sensor_def("landing_files_sensor")
     assert sensor.job_name == DAILY_REFRESH_JOB
+
+
+def test_failure_message_escapes_errors_and_links_the_run() -> None:
+    failure = RunFailure(
+        run_id="abc",
+        job_name="daily_refresh",
+        failed_steps={"raw_events": "bad <row> & more"},
+        failed_assets=["raw_events"],
+        skipped_assets=["sessions"],
+    )
+    text, blocks = failure_message(failure, ui_url="https://dagster.example.com/")
+    assert text == "Dagster run abc of job daily_refresh failed"
+    assert "<https://dagster.example.com/runs/abc|abc>" in blocks[0]["text"]["text"]
+    assert "bad &lt;row&gt; &amp; more" in blocks[1]["text"]["text"]

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dagster import (
     DagsterEventType,
@@ -42,7 +43,10 @@ def landing_file_states(source: FileSource, now: float, settle_seconds: float) -
     """The users and events files of the data directory that have stopped changing."""
     states: FileStates = {}
     for path in [*source.users_files(), *source.events_files()]:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # moved away since the listing
+            continue
         if now - stat.st_mtime >= settle_seconds:
             states[str(path.relative_to(source.root))] = [stat.st_mtime_ns, stat.st_size]
     return states
@@ -170,7 +174,9 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def failure_message(failure: RunFailure, ui_url: str | None = None) -> tuple[str, list[dict]]:  # type: ignore[type-arg]
+def failure_message(
+    failure: RunFailure, ui_url: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
     """Plain-text fallback and Block Kit blocks for one failed run."""
     run = (
         f"<{ui_url.rstrip('/')}/runs/{failure.run_id}|{failure.run_id}>"
@@ -183,7 +189,9 @@ def failure_message(failure: RunFailure, ui_url: str | None = None) -> tuple[str
         lines.append("*Failed assets:* " + ", ".join(f"`{a}`" for a in failure.failed_assets))
     if failure.skipped_assets:
         lines.append("*Not refreshed (upstream failed):* " + ", ".join(failure.skipped_assets))
-    blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}}]  # type: ignore[type-arg]
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}}
+    ]
     for step, message in sorted(failure.failed_steps.items()):
         # A section's text is limited to 3000 characters.
         body = f"*{_escape(step)}*\n```{_escape(message)[:2500]}```"
