@@ -187,3 +187,27 @@ def test_secrets_are_env_vars_and_paths_follow_the_config_file(tmp_path: Path) -
         isinstance(resource.secret, EnvVar) and resource.secret == "MIXPANEL_SERVICE_ACCOUNT_SECRET"
     )
     assert isinstance(resource.username, EnvVar)
+
+
+def test_onboarding_pipeline_run_drives_a_connector(
+    tmp_path: Path, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`onboarding-pipeline run` with a connector: no event files to size the partition
+    range from, so it covers every configured day and the sync lands the events first."""
+    from onboarding_pipeline.runner import data_partition_range, run_pipeline
+
+    monkeypatch.setenv(ENV_API_KEY, KEY)
+    stub = StubPostHog(httpserver)
+    stub.events = [
+        ph_event("a1", "user signed up", "2026-01-01T09:00:00Z", user="u1", session="s1"),
+        ph_event("a2", "search", "2026-01-01T09:10:00Z", user="u1", session="s1"),
+        ph_event("b1", "user signed up", "2026-01-02T14:00:00Z", user="u2", session="s2"),
+    ]
+    settings = settings_for(tmp_path, write_config(tmp_path / "data", httpserver))
+    first, last = data_partition_range(settings, build_definitions(settings)) or ("", "")
+    assert first == "2026-01-01" and last >= "2026-11-01"
+    summary = run_pipeline(settings, echo=lambda _: None)
+    assert (summary.users, summary.events) == (2, 3)
+    assert not {"source_sync", "raw_users", "raw_events", "sessions"} & set(summary.failures)
+    # Two users cannot train a model: that (and only what depends on it) fails, by design.
+    assert "activation_model" in summary.failures
