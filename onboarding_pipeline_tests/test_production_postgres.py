@@ -1,10 +1,16 @@
 """The production setup for real: the committed `dagster.yaml` (run, event-log and schedule storage
 in PostgreSQL) and the warehouse in PostgreSQL, on 127.0.0.1:5432; the whole asset graph runs,
-the runs are in the Postgres run storage, and every table equals the DuckDB run's."""
+the runs are in the Postgres run storage, and every table equals the DuckDB run's; and the real
+`dagster-daemon` on that instance runs the landing sensor's refresh and evaluates freshness."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster._core.definitions.freshness import FreshnessState
 
 from onboarding_pipeline.runner import RunSummary, run_pipeline
 from onboarding_pipeline.sample_data import generate_sample
@@ -25,6 +32,17 @@ SERVER = "postgresql://postgres@127.0.0.1:5432"
 SCHEMA = "onboarding"
 # Columns that record when or where a run happened, not what it computed.
 RUN_SPECIFIC = {"written_at", "computed_at", "created_at", "updated_at", "generated_at", "run_id"}
+
+
+def pg_env(database: str) -> dict[str, str]:
+    """The DAGSTER_PG_* values (without prefix) of the committed dagster.yaml."""
+    return {
+        "USERNAME": "postgres",
+        "PASSWORD": "",
+        "HOST": "127.0.0.1",
+        "PORT": "5432",
+        "DB": database,
+    }
 
 
 @dataclass
@@ -68,13 +86,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         summaries, tables = {}, {}
         with pytest.MonkeyPatch.context() as env:
             env.setenv("DAGSTER_HOME", str(home))
-            for name, value in {
-                "USERNAME": "postgres",
-                "PASSWORD": "",
-                "HOST": "127.0.0.1",
-                "PORT": "5432",
-                "DB": database,
-            }.items():
+            for name, value in pg_env(database).items():
                 env.setenv(f"DAGSTER_PG_{name}", value)
             on_postgres = Settings(
                 data_dir=data,
@@ -111,13 +123,7 @@ def test_the_whole_graph_succeeds_on_both(runs: Runs) -> None:
 
 def test_runs_are_in_the_postgres_run_storage(runs: Runs, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(runs.home))
-    for name, value in {
-        "USERNAME": "postgres",
-        "PASSWORD": "",
-        "HOST": "127.0.0.1",
-        "PORT": "5432",
-        "DB": runs.database,
-    }.items():
+    for name, value in pg_env(runs.database).items():
         monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
     with DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
@@ -158,3 +164,67 @@ def test_postgres_and_duckdb_give_the_same_tables(runs: Runs) -> None:
         compared += len(duck) > 0
     assert different == {}
     assert compared >= 8  # most tables hold rows on this sample
+
+
+def test_the_daemon_runs_the_landing_sensor_on_the_postgres_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dagster-daemon` with the committed dagster.yaml: the landing sensor sees the files, the
+    queued run coordinator launches `daily_refresh`, it succeeds, and freshness is evaluated."""
+    data = tmp_path / "data"
+    generate_sample(data, users=800, seed=6, progress=False)
+    shutil.copy(SAMPLE_DATA_DIR / "onboarding.yaml", data / "onboarding.yaml")
+    settled = time.time() - 3600  # completely copied, as far as the sensor can tell
+    for path in data.rglob("*"):
+        os.utime(path, (settled, settled))
+    database = f"onboarding_it_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{SERVER}/test", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        "DAGSTER_HOME": str(home),
+        **{f"DAGSTER_PG_{k}": v for k, v in pg_env(database).items()},
+        "ONBOARDING_DATA_DIR": str(data),
+        "ONBOARDING_OUTPUT_DIR": str(tmp_path / "output"),
+        "TMPDIR": str(tmp_path),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    daemon = subprocess.Popen(
+        [Path(sys.executable).parent / "dagster-daemon", "run", "-w", "workspace.yaml"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its code server stops with it
+    )
+    try:
+        with DagsterInstance.get() as instance:
+            deadline = time.monotonic() + 400
+            while time.monotonic() < deadline:
+                runs = instance.get_runs()
+                if runs and runs[0].is_finished:
+                    break
+                time.sleep(5)
+            [run] = instance.get_runs()
+            assert (run.job_name, run.status) == ("daily_refresh", DagsterRunStatus.SUCCESS)
+            assert run.tags["onboarding/trigger"] == "landing_files"
+            assert run.tags["dagster/run_key"].startswith("landing-")
+            assert {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR", "FRESHNESS_DAEMON"} <= set(
+                instance.get_daemon_heartbeats()
+            )
+            scores = AssetKey("activation_scores")
+            while time.monotonic() < deadline:
+                record = instance.get_freshness_state_records([scores]).get(scores)
+                if record is not None and record.freshness_state == FreshnessState.PASS:
+                    break
+                time.sleep(5)
+            else:
+                pytest.fail("the freshness daemon never passed activation_scores")
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=60)
+        with psycopg.connect(f"{SERVER}/test", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
