@@ -103,3 +103,42 @@ def graph_nodes(url: str) -> list[dict]:  # type: ignore[type-arg]
     body = graphql(url, QUERY)
     assert "errors" not in body, body
     return body["data"]["assetNodes"]
+
+
+CHECKS_QUERY = """
+{ assetNodes { assetKey { path }
+  assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }
+"""
+
+
+def test_ui_serves_every_asset_and_check_of_the_code_location(
+    webserver: str, tmp_path: Path
+) -> None:
+    """What the analyst sees is the whole graph: every asset and check of the definitions."""
+    from onboarding_pipeline.code_location import build_definitions
+    from onboarding_pipeline.settings import SAMPLE_DATA_DIR, Settings
+
+    defs = build_definitions(
+        Settings(
+            data_dir=SAMPLE_DATA_DIR,
+            config_path=SAMPLE_DATA_DIR / "onboarding.yaml",
+            warehouse_url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+            output_dir=tmp_path,
+        )
+    )
+    graph = defs.resolve_asset_graph()
+    expected_assets = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    expected_checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    body = graphql(webserver, CHECKS_QUERY)
+    assert "errors" not in body, body
+    nodes = body["data"]["assetNodes"]
+    served_assets = {"/".join(node["assetKey"]["path"]) for node in nodes}
+    served_checks = {
+        ("/".join(node["assetKey"]["path"]), check["name"])
+        for node in nodes
+        for check in (node["assetChecksOrError"] or {}).get("checks", [])
+    }
+    assert served_assets == expected_assets
+    assert served_checks == expected_checks
+    assert {"intervention_queue", "weekly_report", "report_deliveries"} <= served_assets
+    assert ("intervention_queue", "queue_users_unique") in served_checks
