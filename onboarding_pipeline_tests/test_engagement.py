@@ -488,15 +488,9 @@ def test_without_paths_the_funnel_is_the_default_path() -> None:
 def sample_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The whole pipeline on the bundled sample, as `onboarding-pipeline run` does it."""
     from onboarding_pipeline.runner import run_pipeline
-    from onboarding_pipeline.settings import SAMPLE_DATA_DIR, Settings
+    from onboarding_pipeline_tests.test_definitions import sample_settings
 
-    out = tmp_path_factory.mktemp("engagement_run")
-    settings = Settings(
-        data_dir=SAMPLE_DATA_DIR,
-        config_path=SAMPLE_DATA_DIR / "onboarding.yaml",
-        warehouse_url=f"duckdb:///{out / 'warehouse.duckdb'}",
-        output_dir=out,
-    )
+    settings = sample_settings(tmp_path_factory.mktemp("engagement_run"))
     summary = run_pipeline(settings, echo=lambda _: None)
     warehouse = WarehouseResource(url=settings.warehouse_url)
     yield settings, summary, warehouse

@@ -116,16 +116,9 @@ def test_ui_serves_every_asset_and_check_of_the_code_location(
 ) -> None:
     """What the analyst sees is the whole graph: every asset and check of the definitions."""
     from onboarding_pipeline.code_location import build_definitions
-    from onboarding_pipeline.settings import SAMPLE_DATA_DIR, Settings
+    from onboarding_pipeline_tests.test_definitions import sample_settings
 
-    defs = build_definitions(
-        Settings(
-            data_dir=SAMPLE_DATA_DIR,
-            config_path=SAMPLE_DATA_DIR / "onboarding.yaml",
-            warehouse_url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
-            output_dir=tmp_path,
-        )
-    )
+    defs = build_definitions(sample_settings(tmp_path))
     graph = defs.resolve_asset_graph()
     expected_assets = {key.to_user_string() for key in graph.get_all_asset_keys()}
     expected_checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}

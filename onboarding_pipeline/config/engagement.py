@@ -188,8 +188,7 @@ def default_path(
     funnel_steps: list[str], aha_events: list[str], window_days: int
 ) -> OnboardingPath:
     """The path used when `paths` is not configured: the funnel steps, then the aha event."""
-    names = [s for s in funnel_steps if s not in aha_events] or []
-    steps = [*names, aha_events[0]]
+    steps = [*(s for s in funnel_steps if s not in aha_events), aha_events[0]]
     last = max(1, window_days - 1)
     return OnboardingPath(
         description="Every funnel step, then the aha moment (no paths configured)",

@@ -10,6 +10,7 @@ the same as for files.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -65,20 +66,20 @@ class ConnectorSource(SourceResource):
     backoff_seconds: float = 2.0
 
     @property
-    def kind(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def kind(self) -> str: ...
 
     # -- fetching -----------------------------------------------------------------------------
 
+    @abstractmethod
     def session(self) -> requests.Session:
         """A session that authenticates every request."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fetch_day(
         self, session: requests.Session, day: date, now: datetime, fetch: Fetch
     ) -> list[Record]:
         """Every event of the UTC `day` (up to `now`), normalized to contract columns."""
-        raise NotImplementedError
 
     def last_day(self, now: datetime) -> date:
         """The latest day the API can export at `now`."""

@@ -286,13 +286,12 @@ def ledger_history(warehouse: WarehouseResource, experiment: str) -> pd.DataFram
 def record_outcomes(warehouse: WarehouseResource, config: ProductConfig) -> None:
     """Fill the outcome of ledger rows whose user's outcome is now known (never overwritten)."""
     features = warehouse.table(USER_FEATURES)
-    known = features.filter(features.label.notnull())
-    frame = warehouse.execute(known.select("user_id", "label", "activation_at", "signup_at"))
     ledger = warehouse.table(INTERVENTION_LEDGER.name)
-    pending = set(
-        warehouse.execute(ledger.filter(ledger.outcome.isnull()).select("user_id")).user_id
-    )
-    frame = frame[frame.user_id.isin(pending)]
+    pending = ledger.filter(ledger.outcome.isnull()).select(_pending_user=ledger.user_id)
+    known = features.filter(features.label.notnull())
+    # Only users with an open ledger row: the join runs in the warehouse, not in pandas.
+    known = known.semi_join(pending, known.user_id == pending._pending_user)
+    frame = warehouse.execute(known.select("user_id", "label", "activation_at", "signup_at"))
     if frame.empty:
         return
     closed_at = frame.signup_at + pd.Timedelta(days=config.activation_window_days)
@@ -343,9 +342,7 @@ def intervention_queue(
         stalls.drop(columns=["path", "days_since_signup"]), on="user_id", how="left"
     )
     users = users.merge(names, on="user_id", how="left")
-    now = (
-        pd.Timestamp(health.as_of.max()).to_pydatetime() if len(health) else _now(warehouse, config)
-    )
+    now = now_of(warehouse.table(RAW_EVENTS.name), config, warehouse.connect())
     uplift = measured_uplift(compare_arms(first_assignments(history)))
     paths = config.onboarding_paths()
     final = f"Reach the aha moment: {config.aha_events[0].replace('_', ' ')}"
@@ -391,9 +388,10 @@ def intervention_queue(
         passed=duplicated == 0,
         metadata={"duplicated_users": duplicated},
     )
-    # The share of today's entries in holdout should be a plausible draw at the configured rate.
-    today = history_and_today(warehouse, rules.experiment, queue)
-    holdouts, total = int(today.holdout.sum()), len(today)
+    # The holdout share of every user assigned so far should be a plausible draw at the
+    # configured rate (the ledger now holds today's rows too).
+    assigned = first_assignments(ledger_history(warehouse, rules.experiment))
+    holdouts, total = int(assigned.holdout.sum()), len(assigned)
     p_value = binomtest(holdouts, total, rules.holdout_fraction).pvalue if total else 1.0
     yield AssetCheckResult(
         check_name="holdout_share_as_configured",
@@ -401,18 +399,6 @@ def intervention_queue(
         severity=AssetCheckSeverity.WARN,
         metadata={"holdout": holdouts, "assigned": total, "p_value": round(float(p_value), 4)},
     )
-
-
-def history_and_today(
-    warehouse: WarehouseResource, experiment: str, queue: pd.DataFrame
-) -> pd.DataFrame:
-    """Every user's first assignment in the experiment (for the holdout-share check)."""
-    ledger = ledger_history(warehouse, experiment)
-    return first_assignments(ledger) if len(ledger) else queue
-
-
-def _now(warehouse: WarehouseResource, config: ProductConfig) -> datetime:
-    return now_of(warehouse.table(RAW_EVENTS.name), config, warehouse.connect())
 
 
 @asset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 from typing import Protocol
 
@@ -29,11 +30,11 @@ class EventSource(Protocol):
 class SourceResource(ConfigurableResource):
     """Common type of the `source` resource: a data directory or a connector's landing folder."""
 
-    def read_users(self, mapping: dict[str, str]) -> list[StagedFile]:
-        raise NotImplementedError
+    @abstractmethod
+    def read_users(self, mapping: dict[str, str]) -> list[StagedFile]: ...
 
-    def read_events(self, mapping: dict[str, str]) -> list[StagedFile]:
-        raise NotImplementedError
+    @abstractmethod
+    def read_events(self, mapping: dict[str, str]) -> list[StagedFile]: ...
 
 
 class FileSource(SourceResource):
