@@ -1,5 +1,7 @@
 """Benchmark: from sessions to scores and critical path (features, model, scores, critical path).
 
+With the sample's landmark ladder (1, 24, 72, 168 h): four populations and critical paths.
+
     .venv/bin/python bench/activation.py --events 1000000 10000000
 
 Reuses the samples of `bench/ingest_sessions.py` (bench/results/data-N), ingests and
@@ -22,18 +24,28 @@ from ingest_sessions import RESULTS, ensure_data, run_child
 
 
 def measure(data_dir: Path) -> dict[str, float]:
+    import numpy as np
     import pandas as pd
 
+    from onboarding_pipeline.activation import assets
     from onboarding_pipeline.activation.critical_path import critical_path
-    from onboarding_pipeline.activation.features import build_features, daily_early_counts
-    from onboarding_pipeline.activation.model import train_activation_model
+    from onboarding_pipeline.activation.features import build_features
+    from onboarding_pipeline.activation.landmarks import scoring_ages
+    from onboarding_pipeline.activation.model import (
+        in_flight,
+        train_activation_model,
+        training_users,
+    )
     from onboarding_pipeline.config import load_config
     from onboarding_pipeline.ingestion.load import ingest_events, ingest_users
     from onboarding_pipeline.ingestion.sources import FileSource
     from onboarding_pipeline.modeling.sessions import write_sessions
     from onboarding_pipeline.warehouse import WarehouseResource
 
-    config = load_config(data_dir / "onboarding.yaml")
+    # The sample's landmark ladder: four populations, four critical paths.
+    config = load_config(data_dir / "onboarding.yaml").model_copy(
+        update={"landmark_hours": [1, 24, 72, 168]}
+    )
     warehouse_file = data_dir / "activation_bench.duckdb"
     warehouse = WarehouseResource(url=f"duckdb:///{warehouse_file}")
     start = datetime.combine(config.partitions_start_date, datetime.min.time(), UTC)
@@ -56,16 +68,39 @@ def measure(data_dir: Path) -> dict[str, float]:
         stage=warehouse.temp_table,
     )
     stored = warehouse.replace_table("user_features", table)
-    features = warehouse.execute(stored)
-    features.index = pd.Index(features.user_id.to_numpy())
+    warehouse.execute(stored.count())
+    features = assets.load_features(warehouse).reset_index(drop=True)
     features_done = time.perf_counter()
-    model = train_activation_model(features, config.model)
+    landmarks = config.landmarks()
+    window_hours = config.activation_window_days * 24
+    train, valid = training_users(features, config.model)
+    buckets = assets.user_buckets(
+        warehouse, config, features, np.concatenate([train, valid]), window_hours
+    )
+    model = train_activation_model(
+        features,
+        buckets,
+        config.model,
+        ages=scoring_ages(landmarks, config.activation_window_days),
+        main_landmark=float(config.observation_hours),
+        age_bands=[0.0, *map(float, landmarks)],
+    )
     model_done = time.perf_counter()
-    onboarding = features[features.label.isna()]
-    model.predict(onboarding)
+    positions, ages = in_flight(features, pd.Timestamp(now))
+    flying = assets.user_buckets(warehouse, config, features, positions, window_hours)
+    assets.score_in_flight(model, features, flying, positions, ages)
     scores_done = time.perf_counter()
-    daily = warehouse.execute(daily_early_counts(users, raw_events, config, now, chosen))
-    critical_path(features.reset_index(drop=True), chosen, daily, config.critical_path)
+    closed = assets.user_buckets(
+        warehouse, config, features, assets.closed_positions(features), max(landmarks)
+    )
+    critical_path(
+        features,
+        closed,
+        assets.event_first_seen(warehouse, chosen),
+        landmarks,
+        config.observation_hours,
+        config.critical_path,
+    )
     finished = time.perf_counter()
     warehouse.close()
     return {

@@ -10,6 +10,7 @@ from onboarding_pipeline.activation.assets import (
     critical_path,
     friction_clusters,
     funnel,
+    landmark_populations,
     onboarding_kpis,
     user_features,
 )
@@ -43,6 +44,7 @@ def build_definitions(settings: Settings) -> Definitions:
             activation_model,
             activation_scores,
             critical_path,
+            landmark_populations,
             funnel,
             onboarding_kpis,
             friction_clusters,

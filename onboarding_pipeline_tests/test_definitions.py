@@ -149,6 +149,7 @@ def test_materialize_ingestion_and_modeling_on_a_real_duckdb_file(
             "event_ids_unique": "SUCCEEDED",
             "timestamps_within_bounds": "SUCCEEDED",
             "quarantine_share_under_threshold": "SUCCEEDED",
+            "anonymous_share_under_threshold": "SUCCEEDED",
         }
         sessions = instance.get_latest_materialization_event(AssetKey("sessions"))
         assert sessions is not None

@@ -107,9 +107,11 @@ def test_cli_names_the_config_problem(tmp_path: Path) -> None:
     assert str(tmp_path / "onboarding.yaml") in result.output
 
 
-def test_cli_on_too_little_data_fails_only_what_cannot_be_done(tmp_path: Path) -> None:
-    """A fresh export with a handful of users: everything runs but the model (and the scores
-    that need it), and the summary says why."""
+def test_cli_on_too_little_data_runs_everything_and_says_what_unlocks_the_model(
+    tmp_path: Path,
+) -> None:
+    """A fresh export with a handful of users: the model is honestly refused (a warning, not a
+    failure), everything else runs, and the summary says what would unlock the model."""
     from onboarding_pipeline_tests.conftest import write
     from onboarding_pipeline_tests.test_ingestion import EVENTS, USERS
 
@@ -124,10 +126,9 @@ def test_cli_on_too_little_data_fails_only_what_cannot_be_done(tmp_path: Path) -
     result = CliRunner().invoke(
         main, ["run", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")]
     )
-    assert result.exit_code == 1, result.output
-    assert "FAILED activation_model" in result.output
+    assert result.exit_code == 0, result.output
+    assert "FAILED" not in result.output
     assert "min_training_users" in result.output
-    assert "activation_scores skipped" in result.output
-    for ran in ("sessions", "user_features", "critical_path", "funnel", "friction_clusters"):
+    for ran in ("sessions", "user_features", "critical_path", "activation_scores", "funnel"):
         assert f"{ran} skipped" not in result.output
     assert "sessions:           3" in result.output

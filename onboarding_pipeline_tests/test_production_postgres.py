@@ -65,7 +65,9 @@ def read_tables(settings: Settings) -> dict[str, pd.DataFrame]:
     prefix = str(settings.output_dir)
     for frame in tables.values():
         for column in frame.columns:
-            if frame[column].map(lambda v: isinstance(v, str) and prefix in v).any():
+            # astype(object): an empty timestamp column maps to a datetime Series.
+            paths = frame[column].astype(object).map(lambda v: isinstance(v, str) and prefix in v)
+            if paths.astype(bool).any():
                 frame[column] = frame[column].str.replace(prefix, "<output>", regex=False)
     return tables
 

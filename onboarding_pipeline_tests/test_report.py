@@ -18,6 +18,7 @@ from onboarding_pipeline.reporting.assets import watermark_week, weekly_partitio
 from onboarding_pipeline.reporting.report import (
     NOT_ENOUGH_DATA,
     ReportData,
+    base_rate_png,
     gather_report,
     render_html,
     render_markdown,
@@ -95,9 +96,16 @@ def test_report_sections_come_from_the_pipeline_tables(built: Built) -> None:
     # The planted driver of the generator is found and reported.
     drivers = [row["event_name"] for row in (data.critical_path or {})["drivers"]]
     assert "data_source_connected" in drivers
-    current = json.loads((built.settings.output_dir / "models" / "current.json").read_text())
-    assert data.model is not None and data.model["version"] == current["version"]
-    assert data.drift is not None and data.drift["train_base_rate"] is not None
+    models = built.settings.output_dir / "models"
+    if (models / "current.json").exists():
+        current = json.loads((models / "current.json").read_text())
+        assert data.model is not None and data.model["version"] == current["version"]
+        assert data.drift is not None and data.drift["train_base_rate"] is not None
+    else:
+        # The quality gate refused the model: the section says why, the rest still renders.
+        status = json.loads((models / "status.json").read_text())
+        assert data.model is None and status["reason"] in data.missing.pop("model")
+        assert data.drift is not None and data.drift["train_base_rate"] is None
     # Engagement tables exist after the run: stalled users per owner and the queue.
     assert data.at_risk and data.queue and data.queue["users"] > 0
     # Weekly review: 1-3 items, each with evidence and a named owner.
@@ -270,3 +278,95 @@ def test_review_puts_a_kpi_miss_first_then_the_most_severe() -> None:
     assert [item["title"] for item in review_items(data, one)] == [
         "Activation rate misses its target"
     ]
+
+
+def test_base_rate_chart_survives_bounds_a_rounding_error_outside_the_rate() -> None:
+    """Regression: a Wilson bound of 1e-17 above a rate of 0 (or just below a rate of 1) made a
+    negative error bar, and matplotlib refused the chart ('yerr' must not contain negative)."""
+    rows = [
+        {"cohort": "2026-09-07", "rate": 0.0, "users": 20, "ci_low": 1e-17, "ci_high": 0.16},
+        {"cohort": "2026-09-14", "rate": 1.0, "users": 5, "ci_low": 0.57, "ci_high": 1 - 1e-16},
+        {"cohort": "2026-09-21", "rate": 0.5, "users": 8, "ci_low": -1e-17, "ci_high": 1.2},
+        {"cohort": "2026-09-28", "rate": 0.3, "users": 0, "ci_low": None, "ci_high": None},
+    ]
+    assert base_rate_png(rows, train_rate=0.4).startswith(PNG)
+
+
+def critical_path_rows(spec_schema: object, rows: list[dict[str, object]]) -> object:
+    """Rows of the critical_path table as its TableSpec types them (unset columns empty)."""
+    import pandas as pd
+
+    from onboarding_pipeline.activation.assets import table_to_arrow
+
+    frame = pd.DataFrame(rows)
+    for name, dtype in spec_schema.items():  # type: ignore[attr-defined]
+        if name not in frame:
+            frame[name] = 0 if not dtype.nullable else None
+    return table_to_arrow(frame[list(spec_schema.names)], spec_schema)  # type: ignore[attr-defined]
+
+
+def test_report_reads_the_main_landmark_of_the_critical_path(tmp_path: Path) -> None:
+    from onboarding_pipeline.warehouse.tables import CRITICAL_PATH
+
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    config = ProductConfig(aha_events=["shared"], observation_hours=72, landmark_hours=[24])
+    base = {"segment_type": "overall", "segment": "all", "users_with_event": 40}
+    effect = "total_effect" if "total_effect" in CRITICAL_PATH.schema else "adjusted_effect"
+    q_value = "total_q_value" if effect == "total_effect" else "adjusted_q_value"
+    rows = [
+        {**base, "event_name": "connected", "classification": "driver", effect: 0.9, q_value: 0.01},
+        {**base, "event_name": "errored", "classification": "blocker", effect: -0.5, q_value: 0.02},
+    ]
+    if "landmark_hours" in CRITICAL_PATH.schema:
+        rows = [{**row, "landmark_hours": 72} for row in rows]
+        # The same event judged at an earlier landmark must not be shown twice.
+        rows.append({**rows[0], "landmark_hours": 24, "event_name": "early_only"})
+    warehouse.replace_all(CRITICAL_PATH.name, critical_path_rows(CRITICAL_PATH.schema, rows))
+    data = gather_report(warehouse, config, tmp_path, "2026-10-26")
+    warehouse.close()
+    assert data.critical_path is not None
+    assert [e["event_name"] for e in data.critical_path["drivers"]] == ["connected"]
+    blocker = data.critical_path["blockers"][0]
+    assert blocker["event_name"] == "errored" and blocker["adjusted_effect"] == -0.5
+    assert "critical_path" in {item["area"] for item in data.review}
+
+
+def test_a_refused_retraining_is_reported_next_to_the_model_in_use(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "current.json").write_text(json.dumps({"version": "v1"}))
+    (models / "v1.json").write_text(json.dumps({"roc_auc": 0.71, "roc_auc_ci": [0.65, 0.77]}))
+    reason = "ROC AUC 0.540 is below model.min_roc_auc=0.6"
+    (models / "status.json").write_text(
+        json.dumps({"accepted": False, "reason": reason, "version": "v2"})
+    )
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    config = ProductConfig(aha_events=["shared"])
+    data = gather_report(warehouse, config, tmp_path, "2026-10-26")
+    warehouse.close()
+    assert data.model is not None and data.model["version"] == "v1"
+    assert "model" not in data.missing
+    markdown = render_markdown(data)
+    assert f"The latest training attempt was refused ({reason}); this model stays in use." in (
+        markdown
+    )
+    assert "The latest training attempt was refused" in render_html(data, {})
+
+
+def test_no_model_at_all_says_what_would_unlock_it(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    reason = (
+        "need 200 users with a closed activation window, have 90: lower "
+        "`model.min_training_users` or wait for more signups"
+    )
+    (models / "status.json").write_text(
+        json.dumps({"accepted": False, "reason": reason, "version": None})
+    )
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    data = gather_report(warehouse, ProductConfig(aha_events=["shared"]), tmp_path, "2026-10-26")
+    warehouse.close()
+    assert data.missing["model"] == f"no activation model has been accepted yet: {reason}"
+    assert f"{NOT_ENOUGH_DATA}: no activation model has been accepted yet: {reason}." in (
+        render_markdown(data)
+    )

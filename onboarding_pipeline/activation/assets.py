@@ -2,12 +2,15 @@
 
 import base64
 from collections.abc import Iterator
+from typing import Any
 
 import ibis
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
@@ -16,28 +19,37 @@ from dagster import (
 )
 
 from onboarding_pipeline.activation.critical_path import critical_path as judge_events
+from onboarding_pipeline.activation.critical_path import landmark_summary
 from onboarding_pipeline.activation.features import (
     build_features,
     count_true,
-    daily_early_counts,
     leakage_violations,
     now_of,
 )
 from onboarding_pipeline.activation.friction import friction_clusters as cluster_friction
 from onboarding_pipeline.activation.funnel import build_funnel
 from onboarding_pipeline.activation.kpis import onboarding_kpis as onboarding_kpis_table
+from onboarding_pipeline.activation.landmarks import Buckets, load_buckets, scoring_ages
 from onboarding_pipeline.activation.model import (
+    ActivationModel,
+    ModelRefused,
     ModelStore,
     calibration_chart,
+    in_flight,
     judge,
+    landmark_frame,
     train_activation_model,
+    training_users,
 )
+from onboarding_pipeline.config import ProductConfig
+from onboarding_pipeline.config.data_checks import event_name_counts, require_config_events
 from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
 from onboarding_pipeline.warehouse import WarehouseResource
 from onboarding_pipeline.warehouse.metadata import preview, table_definition_metadata
 from onboarding_pipeline.warehouse.tables import (
     ACTIVATION_SCORES,
     CRITICAL_PATH,
+    LANDMARK_POPULATIONS,
     RAW_EVENTS,
     RAW_USERS,
     SESSIONS,
@@ -61,6 +73,41 @@ def png_markdown(png: bytes, title: str) -> MetadataValue:
     return MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
 
 
+def user_buckets(
+    warehouse: WarehouseResource,
+    config: ProductConfig,
+    features: pd.DataFrame,
+    positions: np.ndarray,
+    max_hours: int,
+) -> Buckets:
+    """Hour buckets of the users at `positions` of `features` (the rest stay empty)."""
+    picked = features.iloc[positions]
+    people = ibis.memtable(
+        pa.table(
+            {
+                "user_id": pa.array(picked.user_id.astype(str).tolist(), pa.string()),
+                "signup_at": pa.array(picked.signup_at, pa.timestamp("us", tz="UTC")),
+            }
+        )
+    )
+    return load_buckets(
+        warehouse,
+        warehouse.table(RAW_EVENTS.name),
+        warehouse.table(SESSIONS.name),
+        people,
+        features.user_id,
+        feature_events(features),
+        config,
+        max_hours,
+    )
+
+
+def closed_positions(features: pd.DataFrame) -> np.ndarray:
+    return np.flatnonzero(
+        features.window_closed.to_numpy(dtype=bool) & features.label.notna().to_numpy()
+    )
+
+
 @asset(
     group_name="activation",
     kinds={"ibis", "table"},
@@ -75,12 +122,20 @@ def user_features(
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """One row per user: outcome (label only once the window has closed) and early behaviour.
 
-    Early behaviour = events in the first `observation_hours` after signup and before the
-    user's activation moment, aha events excluded: per-event counts and hours to first
-    occurrence (events chosen from data), sessions, active days, onboarding steps, invites,
-    time to first key action, segment attributes.
+    Early behaviour = events in the first `observation_hours` after signup, the same span for
+    everyone and never cut at activation (aha events excluded): per-event counts and hours to
+    first occurrence (events chosen from data), sessions, active days, onboarding steps,
+    invites, time to first key action, segment attributes. `activated_in_horizon` flags the
+    users who activated inside it: they are reported apart, not judged with the rest.
     """
     config = product_config.load()
+    # A misspelt aha event or funnel step would otherwise fail later with unrelated errors.
+    observed = warehouse.execute(event_name_counts(warehouse.table(RAW_EVENTS.name)))
+    require_config_events(
+        config,
+        dict(zip(observed.event_name, observed.events, strict=True)),
+        source=product_config.path,
+    )
     table, chosen, now = build_features(
         warehouse.table(RAW_USERS.name),
         warehouse.table(RAW_EVENTS.name),
@@ -95,6 +150,7 @@ def user_features(
             users=stored.count(),
             closed_window=count_true(stored.window_closed),
             activated=count_true(stored.label == 1),
+            in_horizon=count_true(stored.activated_in_horizon),
             open_window=count_true(stored.label.isnull()),
         )
     ).iloc[0]
@@ -104,17 +160,27 @@ def user_features(
             "dagster/row_count": int(counts["users"]),
             "users_with_closed_window": int(counts["closed_window"]),
             "users_activated": int(counts["activated"]),
+            "users_activated_in_horizon": int(counts["in_horizon"]),
             "users_still_onboarding": int(counts["open_window"]),
+            "observation_hours": config.observation_hours,
+            "landmark_hours": MetadataValue.json(config.landmarks()),
             "now": now.isoformat(),
             "feature_events": MetadataValue.json(chosen),
             "preview": preview(
-                warehouse, stored.select("user_id", "label", *stored.columns[13:20])
+                warehouse, stored.select("user_id", "label", *stored.columns[14:20])
             ),
         }
     )
-    problems = leakage_violations(warehouse.execute(stored), config.observation_hours)
+    problems = leakage_violations(
+        warehouse.execute(stored), config.observation_hours, list(config.aha_events)
+    )
     yield AssetCheckResult(
-        check_name="features_leakage_free", passed=not problems, metadata=problems
+        check_name="features_leakage_free",
+        passed=not problems,
+        metadata=problems,
+        description=None
+        if not problems
+        else "features read behaviour the outcome could have shaped; see the counts",
     )
 
 
@@ -132,23 +198,65 @@ def activation_model(
     product_config: ProductConfigResource,
     outputs: OutputDirResource,
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
-    """Calibrated gradient boosting that predicts activation from early behaviour.
+    """Stacked landmark model: P(activate before the window closes | not activated by age t,
+    behaviour up to t), one calibrated gradient-boosting model with the age as an input.
 
-    Trained on closed windows only; the newest closed cohorts validate. Saved per version
-    (content-addressed) under `<output>/models`; a version becomes current only if its check
-    passes: ROC AUC above `model.min_roc_auc` and not more than `model.max_auc_drop` below
-    the previous version on the same validation users.
+    Trained on closed windows only, one row per user and scoring age at which they had not
+    activated yet; the newest closed cohorts validate. Saved per version (content-addressed)
+    under `<output>/models`; a version becomes current only if its check passes: ROC AUC on the
+    landmark population above `model.min_roc_auc`, expected activation inside the observed
+    interval in every age band, and not more than `model.max_auc_drop` below the previous
+    version on the same validation rows. A refused or impossible model is a warning, not a
+    failure: scores, health and the queue go on with the current model or with rules.
     """
     config = product_config.load()
-    features = load_features(warehouse)
-    model = train_activation_model(features, config.model)
+    features = load_features(warehouse).reset_index(drop=True)
     store = ModelStore(outputs.folder("models"))
-    previous_version = store.current_version()
-    previous = store.load(previous_version) if previous_version else None
-    passed, verdict = judge(model, previous, features, config.model)
+    landmarks = config.landmarks()
+    ages = scoring_ages(landmarks, config.activation_window_days)
+    try:
+        train_positions, valid_positions = training_users(features, config.model)
+        buckets = user_buckets(
+            warehouse,
+            config,
+            features,
+            np.concatenate([train_positions, valid_positions]),
+            config.activation_window_days * 24,
+        )
+        model = train_activation_model(
+            features,
+            buckets,
+            config.model,
+            ages=ages,
+            main_landmark=float(config.observation_hours),
+            age_bands=[0.0, *[float(h) for h in landmarks]],
+        )
+    except ModelRefused as refused:
+        reason = str(refused)
+        store.record_status({"accepted": False, "reason": reason, "version": None})
+        context.log.warning(f"no activation model: {reason}")
+        yield MaterializeResult(
+            metadata={
+                "status": "not trained",
+                "reason": reason,
+                "current_version": store.current_version() or "none",
+            }
+        )
+        yield AssetCheckResult(
+            check_name="model_quality_acceptable",
+            passed=False,
+            severity=AssetCheckSeverity.WARN,
+            description=f"no model trained: {reason}",
+            metadata={"reason": reason},
+        )
+        return
+    previous = store.load_current_or_none()
+    passed, verdict = judge(model, previous, config.model)
     path = store.save(model)
     if passed:
         store.promote(model.version)
+    reason = "; ".join(verdict["reasons"])
+    store.record_status({"accepted": passed, "reason": reason, "version": model.version})
     png = calibration_chart(model.metrics)
     chart = outputs.folder("charts") / f"calibration-{model.version}.png"
     chart.write_bytes(png)
@@ -156,18 +264,27 @@ def activation_model(
     context.log.info(f"{model.version}: ROC AUC {metrics['roc_auc']:.3f}, accepted={passed}")
     yield MaterializeResult(
         metadata={
+            "status": "accepted" if passed else "refused",
             "model_version": model.version,
+            "landmark_hours": config.observation_hours,
             "roc_auc": round(metrics["roc_auc"], 4),
             "roc_auc_95ci": MetadataValue.json([round(v, 4) for v in metrics["roc_auc_ci"]]),
             "pr_auc": round(metrics["pr_auc"], 4),
             "brier": round(metrics["brier"], 4),
             "train_users": metrics["train_users"],
+            "train_rows": metrics["train_rows"],
             "validation_users": metrics["validation_users"],
+            "landmark_population_validation": metrics["landmark_population_validation"],
             "train_base_rate": round(metrics["train_base_rate"], 4),
             "validation_base_rate": round(metrics["validation_base_rate"], 4),
             "train_signups": metrics["train_signups"],
             "validation_signups": metrics["validation_signups"],
             "calibration": metrics["calibration"],
+            "scoring_ages_hours": MetadataValue.json(metrics["scoring_ages_hours"]),
+            "reliability_by_age": MetadataValue.md(
+                pd.DataFrame(metrics["reliability_by_age"]).to_markdown(index=False)
+            ),
+            "dropped_columns": MetadataValue.json(metrics["dropped_columns"]),
             "top_features": MetadataValue.json(metrics["top_features"]),
             "calibration_chart": png_markdown(png, "calibration"),
             "calibration_chart_file": MetadataValue.path(str(chart)),
@@ -175,14 +292,31 @@ def activation_model(
             "accepted_as_current": passed,
         }
     )
+    current = store.current_version()
     yield AssetCheckResult(
         check_name="model_quality_acceptable",
         passed=passed,
-        metadata=verdict,
+        # A refused model is never used (only accepted versions become current), so a refusal
+        # warns instead of stopping the scores, health and queue downstream.
+        severity=AssetCheckSeverity.WARN,
+        metadata={k: v for k, v in verdict.items() if k != "reasons"} | {"reasons": reason},
         description=None
         if passed
-        else f"model {model.version} rejected; the current model stays {previous_version}",
+        else f"model {model.version} refused ({reason}); the current model stays {current}",
     )
+
+
+def score_in_flight(
+    model: ActivationModel | None,
+    features: pd.DataFrame,
+    buckets: Buckets,
+    positions: np.ndarray,
+    ages: np.ndarray,
+) -> np.ndarray:
+    """Probabilities of the users at `positions`, each at their own age (NaN without a model)."""
+    if model is None or not len(positions):
+        return np.full(len(positions), np.nan)
+    return model.predict(landmark_frame(features, buckets, positions, ages))
 
 
 @asset(
@@ -196,41 +330,89 @@ def activation_scores(
     product_config: ProductConfigResource,
     outputs: OutputDirResource,
 ) -> MaterializeResult:
-    """Activation probability of every user still in onboarding (window open, not yet
-    activated) from the current model, plus the model's validation predictions."""
+    """Every user still onboarding (window open, not activated), scored at their current age:
+    P(activate before the window closes | not activated yet, behaviour so far), from the
+    current model; plus the model's validation predictions at the main landmark. Without an
+    accepted model the rows are still there, with no probability and the reason."""
     config = product_config.load()
-    features = load_features(warehouse)
-    model = ModelStore(outputs.folder("models")).load_current()
-    now = now_of(warehouse.table(RAW_EVENTS.name), config, warehouse.connect())
-    onboarding = features[features.label.isna()]
+    features = load_features(warehouse).reset_index(drop=True)
+    store = ModelStore(outputs.folder("models"))
+    model = store.load_current_or_none()
+    now = pd.Timestamp(
+        now_of(
+            warehouse.table(RAW_EVENTS.name),
+            config,
+            warehouse.connect(),
+            warehouse.table(RAW_USERS.name),
+        )
+    )
+    positions, ages = in_flight(features, now)
+    buckets = user_buckets(
+        warehouse, config, features, positions, config.activation_window_days * 24
+    )
+    probabilities = score_in_flight(model, features, buckets, positions, ages)
+    status = "model" if model is not None else "no_accepted_model"
     scored = pd.DataFrame(
         {
-            "user_id": onboarding.user_id.to_numpy(),
-            "activation_probability": model.predict(onboarding) if len(onboarding) else [],
+            "user_id": features.user_id.iloc[positions].to_numpy(),
+            "activation_probability": probabilities,
+            "model_version": model.version if model is not None else None,
             "population": "onboarding",
-            "label": float("nan"),
-            "horizon_complete": onboarding.horizon_complete.to_numpy(),
+            "age_hours": ages,
+            "label": np.nan,
+            "horizon_complete": ages >= config.observation_hours,
+            "scoring_status": status,
         }
     )
-    validation = model.validation.assign(population="validation", horizon_complete=True)
-    table = pd.concat([scored, validation[scored.columns]], ignore_index=True)
-    table["model_version"] = model.version
-    table["scored_at"] = pd.Timestamp(now)
-    warehouse.replace_all(ACTIVATION_SCORES.name, table_to_arrow(table))
-    return MaterializeResult(
-        metadata={
-            "dagster/row_count": len(table),
-            "users_scored": len(scored),
-            "model_version": model.version,
-            "mean_probability_onboarding": float(scored.activation_probability.mean())
-            if len(scored)
-            else 0.0,
-            "still_in_observation_horizon": int((~scored.horizon_complete).sum()),
-            "preview": MetadataValue.md(
-                scored.sort_values("activation_probability").head(10).to_markdown(index=False)
-            ),
-        }
-    )
+    parts = [scored]
+    if model is not None:
+        validation = model.validation.assign(
+            population="validation",
+            horizon_complete=True,
+            model_version=model.version,
+            scoring_status=status,
+        )
+        parts.append(validation[scored.columns])
+    table = pd.concat(parts, ignore_index=True)
+    table["model_version"] = table.model_version.astype(object)
+    table["scored_at"] = now
+    warehouse.replace_all(ACTIVATION_SCORES.name, table_to_arrow(table, ACTIVATION_SCORES.schema))
+    why = store.status().get("reason") or "no activation model has been trained yet"
+    metadata: dict[str, Any] = {
+        "dagster/row_count": len(table),
+        "users_scored": len(scored),
+        "scoring_status": status,
+        "model_version": model.version if model is not None else "none",
+    }
+    if model is None:
+        metadata["what_would_unlock_scores"] = why
+    else:
+        bands = pd.cut(
+            scored.age_hours,
+            [0, *config.landmarks(), config.activation_window_days * 24],
+            right=False,
+        )
+        by_age = scored.groupby(bands, observed=True).activation_probability.agg(["count", "mean"])
+        metadata["mean_probability_by_age"] = MetadataValue.md(
+            by_age.round(4).reset_index().astype(str).to_markdown(index=False)
+            if len(by_age)
+            else "_nobody onboarding_"
+        )
+        metadata["preview"] = MetadataValue.md(
+            scored.sort_values("activation_probability").head(10).to_markdown(index=False)
+        )
+    metadata["still_in_observation_horizon"] = int((~scored.horizon_complete).sum())
+    return MaterializeResult(metadata=metadata)
+
+
+def event_first_seen(warehouse: WarehouseResource, names: list[str]) -> dict[str, pd.Timestamp]:
+    """When each event was first logged by anyone (its tracking start)."""
+    if not names:
+        return {}
+    events = warehouse.table(RAW_EVENTS.name)
+    events = events.filter(events.event_name.isin(names))
+    frame = warehouse.execute(events.group_by("event_name").agg(first=events.timestamp.min()))
+    return {row.event_name: pd.Timestamp(row.first) for row in frame.itertuples()}
 
 
 @asset(
@@ -242,45 +424,117 @@ def activation_scores(
 def critical_path(
     warehouse: WarehouseResource, product_config: ProductConfigResource
 ) -> MaterializeResult:
-    """Which early events drive activation, which are vanity, which block it.
+    """Which early steps go with later activation, per landmark population (closed windows,
+    not activated by the landmark): drivers, prerequisites (and the step they work through),
+    vanity events, blockers, no effect, inconclusive.
 
-    Naive association (rates with/without, lift, odds ratio with CI, Fisher p, BH q) and the
-    adjusted effect from a logistic regression holding the other events, sessions and segment
-    fixed; best "at least n times within d days" rule; overall and per segment.
+    Naive rates (Haldane odds ratio with interval, Fisher p, BH q), a total effect (adjusted
+    for segments, engagement so far and earlier events) and a direct effect (also holding every
+    other event fixed) from Firth logistic regression, E-values, and the best "at least n times
+    within d days" rule by phi; overall at every landmark, per segment at the main one.
+    Association, not cause: an experiment is what proves cause.
     """
     config = product_config.load()
-    features = load_features(warehouse)
+    features = load_features(warehouse).reset_index(drop=True)
     names = feature_events(features)
-    events = warehouse.table(RAW_EVENTS.name)
-    now = now_of(events, config, warehouse.connect())
-    daily = warehouse.execute(
-        daily_early_counts(warehouse.table(RAW_USERS.name), events, config, now, names)
+    landmarks = config.landmarks()
+    buckets = user_buckets(warehouse, config, features, closed_positions(features), max(landmarks))
+    result = judge_events(
+        features,
+        buckets,
+        event_first_seen(warehouse, names),
+        landmarks,
+        config.observation_hours,
+        config.critical_path,
     )
-    result = judge_events(features.reset_index(drop=True), names, daily, config.critical_path)
-    warehouse.replace_all(CRITICAL_PATH.name, table_to_arrow(result))
-    overall = result[result.segment_type == "overall"]
+    warehouse.replace_all(CRITICAL_PATH.name, table_to_arrow(result, CRITICAL_PATH.schema))
+    overall = result[
+        (result.segment_type == "overall") & (result.landmark_hours == config.observation_hours)
+    ]
     by_class = {
         kind: sorted(overall.event_name[overall.classification == kind])
-        for kind in ("driver", "vanity", "blocker")
+        for kind in ("driver", "prerequisite", "vanity", "blocker", "no_effect", "inconclusive")
     }
-    shown = ["event_name", "classification", "lift", "adjusted_effect", "adjusted_q_value"]
+    shown = ["event_name", "classification", "lift", "total_effect", "total_q_value"]
+    shown += ["direct_effect", "works_through", "e_value", "note"]
     return MaterializeResult(
         metadata={
             "dagster/row_count": len(result),
+            "landmark_hours": MetadataValue.json(landmarks),
+            "main_landmark_hours": config.observation_hours,
             "drivers": MetadataValue.json(by_class["driver"]),
+            "prerequisites": MetadataValue.json(by_class["prerequisite"]),
             "vanity": MetadataValue.json(by_class["vanity"]),
             "blockers": MetadataValue.json(by_class["blocker"]),
-            "overall": MetadataValue.md(overall[shown].round(3).to_markdown(index=False)),
+            "no_effect": MetadataValue.json(by_class["no_effect"]),
+            "inconclusive": MetadataValue.json(by_class["inconclusive"]),
+            "events_beyond_max_events": MetadataValue.json(
+                _events_beyond(warehouse, config, names)
+            ),
+            "overall": MetadataValue.md(
+                overall[shown].round(3).to_markdown(index=False)
+                if len(overall)
+                else "_no closed-window users not activated by the landmark yet_"
+            ),
         }
     )
 
 
-def table_to_arrow(frame: pd.DataFrame) -> pa.Table:
-    """Arrow with a type for every column: an empty or all-missing column becomes text
-    (the warehouse cannot store a column of type NULL)."""
+def _events_beyond(
+    warehouse: WarehouseResource, config: ProductConfig, chosen: list[str]
+) -> list[str]:
+    """Events seen in the data but not modelled (beyond `critical_path.max_events`, or with
+    fewer than `critical_path.min_users` users), so nobody wonders where they went."""
+    events = warehouse.table(RAW_EVENTS.name)
+    names = warehouse.execute(events.select("event_name").distinct()).event_name
+    skipped = set(names) - set(chosen) - set(config.aha_events)
+    return sorted(skipped)
+
+
+@asset(
+    group_name="activation",
+    kinds={"pandas", "table"},
+    deps=[user_features],
+    metadata=table_definition_metadata(LANDMARK_POPULATIONS),
+)
+def landmark_populations(
+    warehouse: WarehouseResource, product_config: ProductConfigResource
+) -> MaterializeResult:
+    """Per landmark of the ladder: the closed-window users who activated before it (how many,
+    how fast, which early events they share), reported apart, and the population left for the
+    model and the critical path, with its activation rate."""
+    config = product_config.load()
+    features = load_features(warehouse).reset_index(drop=True)
+    landmarks = config.landmarks()
+    buckets = user_buckets(warehouse, config, features, closed_positions(features), max(landmarks))
+    table = landmark_summary(features, buckets, landmarks)
+    warehouse.replace_all(
+        LANDMARK_POPULATIONS.name, table_to_arrow(table, LANDMARK_POPULATIONS.schema)
+    )
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": len(table),
+            "landmarks": MetadataValue.md(
+                table.drop(columns="shared_events_early_activators")
+                .round(3)
+                .to_markdown(index=False)
+                if len(table)
+                else "_no users_"
+            ),
+        }
+    )
+
+
+def table_to_arrow(frame: pd.DataFrame, schema: ibis.Schema | None = None) -> pa.Table:
+    """Arrow with a type for every column: an empty or all-missing column becomes text (the
+    warehouse cannot store a column of type NULL), or the type `schema` gives it."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     for index, column in enumerate(table.schema):
-        if pa.types.is_null(column.type):
+        if schema is not None and column.name in schema:
+            wanted = schema[column.name].to_pyarrow()
+            if column.type != wanted:
+                table = table.set_column(index, column.name, table[column.name].cast(wanted))
+        elif pa.types.is_null(column.type):
             table = table.set_column(index, column.name, table[column.name].cast(pa.string()))
     return table
 
@@ -303,7 +557,12 @@ def funnel(
     median hours between steps; overall, by role, company size, plan and signup week."""
     config = product_config.load()
     features = load_features(warehouse)
-    now = now_of(warehouse.table(RAW_EVENTS.name), config, warehouse.connect())
+    now = now_of(
+        warehouse.table(RAW_EVENTS.name),
+        config,
+        warehouse.connect(),
+        warehouse.table(RAW_USERS.name),
+    )
     steps = list(config.funnel_steps)
     firsts = first_occurrences(warehouse, [*steps, *config.aha_events])
     table = build_funnel(features, firsts, steps, config.activation_window_days, pd.Timestamp(now))
@@ -336,7 +595,7 @@ def onboarding_kpis(
     config = product_config.load()
     features = load_features(warehouse)
     events = warehouse.table(RAW_EVENTS.name)
-    now = now_of(events, config, warehouse.connect())
+    now = now_of(events, config, warehouse.connect(), warehouse.table(RAW_USERS.name))
     steps = [s for s in config.funnel_steps if s not in config.aha_events]
     firsts = first_occurrences(warehouse, [*config.funnel_steps, *config.aha_events])
     activity = warehouse.execute(

@@ -1,106 +1,279 @@
-"""Which early events go with activation, and which of them still matter once the others,
-engagement and segment are held fixed.
+"""Which early steps go with activation: an honest association table per landmark.
 
-Naive association (lift, odds ratio with its interval, Fisher's exact test, Benjamini-Hochberg
-q-values) is what PostHog-style correlation reports show. The adjusted effect comes from one
-multivariable logistic regression per population, so an event that only rides along with
-engaged users (vanity) is told apart from one that moves activation (driver).
+For every landmark of the ladder, the population is the users whose activation window has
+closed and who had not activated by the landmark; behaviour is what they did before it and the
+outcome is activation later in the window. Every event of that population gets:
+
+- naive rates with and without it, and a Haldane-corrected odds ratio (0.5 added to every
+  cell, so a 0 % cell is shown, not hidden) with its interval and Fisher / chi-square p;
+- a **total effect**: Firth-penalized logistic regression adjusted only for what comes before
+  the event: segment attributes, engagement so far (sessions, active days) and the events that
+  users typically do before it (earlier median first occurrence);
+- a **direct effect**: the same, also holding every other event fixed;
+- Benjamini-Hochberg q-values over every row judged, all landmarks and segments together;
+- an E-value for drivers (how strong an unmeasured confounder would have to be, on the risk
+  ratio scale, to explain the association away);
+- the best "at least n times within d days" rule by phi (a rule whose precision is the base
+  rate has phi 0), only for events with a positive association.
+
+Classes, one definition used by the table, the report, Slack and the UI:
+`driver` (total > 0, q < alpha), `prerequisite` (total > 0, q < alpha, direct effect
+indistinguishable from 0: it matters through a later step, named in `works_through`),
+`vanity` (a naive association that adjustment explains away: the total effect's interval
+excludes the naive effect and the total is not significant), `blocker` (total < 0, q < alpha),
+`no_effect` (the total effect's interval lies inside the equivalence margin), `inconclusive`
+(anything else, or a statistic that could not be computed; `note` says why).
+
+Association is not cause: only an experiment proves that pushing a step moves activation.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy.stats import chi2_contingency, fisher_exact
-from statsmodels.stats.contingency_tables import Table2x2
+from firthmodels import FirthLogisticRegression
+from scipy.stats import chi2_contingency, fisher_exact, norm
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
 
+from onboarding_pipeline.activation.landmarks import Buckets, activated_by, landmark_population
 from onboarding_pipeline.config.product import CriticalPathRules
-from onboarding_pipeline.warehouse.tables import CRITICAL_PATH
+from onboarding_pipeline.warehouse.tables import CRITICAL_PATH, LANDMARK_POPULATIONS
 
 SEGMENT_TYPES = ("role", "plan", "company_size")
-# Every segment attribute is held fixed in the adjusted model: leaving one out lets events
-# that merely differ by segment pose as drivers.
 ADJUST_FOR = ("role", "plan", "company_size", "use_case", "tech_savvy")
-MIN_CELL = 5  # each of did/didn't x activated/not needs this many users for a stable estimate
-# The output contract lives with the table definition.
+CLASSES = ("driver", "prerequisite", "vanity", "blocker", "no_effect", "inconclusive")
 COLUMNS = list(CRITICAL_PATH.schema.names)
+THRESHOLD_TIMES = (1, 2, 3, 5)
+# Segment populations get a smaller regression sample: many of them, each a side view.
+SEGMENT_REGRESSION_USERS = 5_000
+# A prerequisite enables its later step: that step is at least this many times as common
+# among users who did the prerequisite as among those who did not.
+ENABLING_RATIO = 2.0
+
+
+@dataclass
+class Population:
+    """One landmark population: who, their behaviour before the landmark, their outcome."""
+
+    landmark_hours: int
+    segment_type: str
+    segment: str
+    users: pd.DataFrame  # outcome rows (segments, signup_at, label)
+    behaviour: pd.DataFrame  # Buckets.at(...) rows aligned with `users`
+    positions: np.ndarray  # user positions in the Buckets
+    by_day: dict[int, pd.DataFrame] | None = None  # behaviour by the end of day d (lazy)
+    covariates: pd.DataFrame | None = None  # engagement and segments (built once)
+
+    def counts_by_day(self, buckets: Buckets, day: int, event: str) -> np.ndarray:
+        """How often each user did `event` by the end of day `day` of their life."""
+        if day * 24 >= self.landmark_hours:
+            return self.behaviour[f"n_{event}"].to_numpy()
+        if self.by_day is None:
+            self.by_day = {}
+        if day not in self.by_day:
+            ages = np.full(len(self.positions), day * 24.0)
+            self.by_day[day] = buckets.at(self.positions, ages)
+        return self.by_day[day][f"n_{event}"].to_numpy()
 
 
 def critical_path(
-    features: pd.DataFrame,
-    feature_events: list[str],
-    daily_counts: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    buckets: Buckets,
+    first_seen: dict[str, pd.Timestamp],
+    landmarks: list[int],
+    main_landmark: int,
     rules: CriticalPathRules,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Judge every early event overall and within each segment of `SEGMENT_TYPES`.
+    """Judge every event of `buckets.events` at every landmark (segments at the main one).
 
-    `features` holds one row per user with a known outcome (`label` 0/1), `n_<event>` and
-    `hours_to_<event>` columns, `sessions` and the segment columns. `daily_counts` is
-    `user_id, event_name, day, n`: how often each user did each event on day 0, 1, ... of
-    the horizon (for the "at least n times within d days" thresholds).
+    `outcomes` is one row per user aligned with `buckets.user_ids` (signup_at, activation_at,
+    label, window_closed, segments). `first_seen[event]` is when the event was first logged
+    by anyone: users who signed up before it are not judged on it (a newly tracked event).
     """
-    known = features[features.label.notna()].reset_index(drop=True)
-    if not feature_events or known.empty:
-        return pd.DataFrame(columns=COLUMNS)
-    # users x events x days, aligned with `known` once, then sliced per population.
-    cumulative = _cumulative_daily_counts(daily_counts, known.user_id, feature_events)
-    frames = [_judge(known, feature_events, cumulative, rules, "overall", "all")]
-    for segment_type in SEGMENT_TYPES:
-        for segment, members in known.groupby(segment_type, dropna=True):
-            if len(members) >= 10 * rules.min_users:
-                frames.append(
-                    _judge(
-                        members,
-                        feature_events,
-                        cumulative[members.index.to_numpy()],
-                        rules,
-                        segment_type,
-                        str(segment),
-                    )
+    outcomes = outcomes.reset_index(drop=True)
+    frames = []
+    for landmark in landmarks:
+        mask = landmark_population(outcomes, landmark)
+        positions = np.flatnonzero(mask)
+        if not len(positions) or not buckets.events:
+            continue
+        behaviour = buckets.at(positions, np.full(len(positions), float(landmark)))
+        users = outcomes.iloc[positions].reset_index(drop=True)
+        overall = Population(landmark, "overall", "all", users, behaviour, positions)
+        frames.append(_judge(overall, buckets, first_seen, rules, rules.max_regression_users, seed))
+        if landmark != main_landmark:
+            continue
+        for segment_type in SEGMENT_TYPES:
+            if segment_type not in users.columns:
+                continue
+            for segment, members in users.groupby(segment_type, dropna=True):
+                if len(members) < 10 * rules.min_users:
+                    continue
+                index = members.index.to_numpy()
+                part = Population(
+                    landmark,
+                    segment_type,
+                    str(segment),
+                    members.reset_index(drop=True),
+                    behaviour.iloc[index].reset_index(drop=True),
+                    positions[index],
                 )
-    return pd.concat(frames, ignore_index=True)[COLUMNS]
+                frames.append(
+                    _judge(part, buckets, first_seen, rules, SEGMENT_REGRESSION_USERS, seed)
+                )
+    if not frames:
+        return empty_table()
+    table = pd.concat(frames, ignore_index=True)
+    # One family for the false-discovery rate: every row judged, all populations together.
+    table["q_value"] = _bh(table.p_value.to_numpy())
+    table["total_q_value"] = _bh(table.total_p_value.to_numpy())
+    table["direct_q_value"] = _bh(table.direct_p_value.to_numpy())
+    table["classification"] = [classify(row, rules) for row in table.itertuples()]
+    table["e_value"] = np.where(table.classification == "driver", table.e_value, np.nan)
+    table["e_value_ci"] = np.where(table.classification == "driver", table.e_value_ci, np.nan)
+    table.loc[table.classification != "prerequisite", "works_through"] = None
+    return table[COLUMNS]
+
+
+def empty_table() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=_dtype(name)) for name in COLUMNS})
+
+
+def _dtype(name: str) -> Any:
+    kind = CRITICAL_PATH.schema[name]
+    if kind.is_string():
+        return object
+    if kind.is_boolean():
+        return bool
+    if kind.is_integer():
+        return np.int64
+    return float
 
 
 def _judge(
-    users: pd.DataFrame,
-    events: list[str],
-    cumulative: np.ndarray,
+    population: Population,
+    buckets: Buckets,
+    first_seen: dict[str, pd.Timestamp],
     rules: CriticalPathRules,
-    segment_type: str,
-    segment: str,
+    max_users: int,
+    seed: int,
 ) -> pd.DataFrame:
+    users, behaviour = population.users, population.behaviour
     activated = users.label.to_numpy() == 1
+    events = buckets.events
+    did = np.column_stack([behaviour[f"n_{e}"].to_numpy() > 0 for e in events])
+    observable = {e: _observable(users.signup_at, first_seen.get(e), population) for e in events}
+    aliases = find_aliases(did, events, rules.alias_jaccard)
+    timing = {
+        e: float(np.nanmedian(behaviour[f"first_hour_{e}"])) if did[:, i].any() else np.inf
+        for i, e in enumerate(events)
+    }
+    judged = [e for e in events if e not in aliases]
+    sample = _sample(len(users), max_users, activated, seed)
+    direct = _direct_effects(population, did, events, judged, observable, sample, activated)
+
     rows = []
     for position, event in enumerate(events):
-        did = users[f"n_{event}"].to_numpy() > 0
-        rows.append(_association(event, did, activated, rules))
-        rows[-1].update(_threshold(cumulative[:, position, :], activated, rules))
-        hours = users.loc[did & activated, f"hours_to_{event}"]
-        rows[-1]["median_hours_to_event_activators"] = (
-            float(hours.median()) if len(hours) else np.nan
-        )
+        keep = observable[event]
+        row: dict[str, Any] = {
+            "landmark_hours": population.landmark_hours,
+            "segment_type": population.segment_type,
+            "segment": population.segment,
+            "event_name": event,
+            "population_users": int(keep.sum()),
+        }
+        notes = []
+        if not keep.all():
+            row["tracked_since"] = f"{first_seen[event]:%Y-%m-%d}"
+            notes.append(
+                f"tracked since {first_seen[event]:%Y-%m-%d}: judged on the "
+                f"{int(keep.sum())} users who signed up after"
+            )
+        row.update(naive_association(did[keep, position], activated[keep], rules))
+        if event in aliases:
+            row["aliased_with"] = aliases[event]
+            notes.append(
+                f"done by the same users as {aliases[event]} (one action logged twice): "
+                f"judged once, as {aliases[event]}"
+            )
+            row["not_judged"] = True
+        else:
+            earlier = [e for e in judged if e != event and timing[e] < timing[event]]
+            if population.segment_type == "overall":
+                total = _fit_effect(
+                    population, did, events, event, earlier, keep & sample, activated
+                )
+            else:
+                # A segment is a side view: judged on its one direct-effect model (a model per
+                # event and segment would cost more than the whole rest of the table).
+                total = {
+                    k.removeprefix("direct_"): v
+                    for k, v in direct.get(event, {}).items()
+                    if k != "direct_note"
+                }
+            row.update({f"total_{k}": v for k, v in total.items() if k != "note"})
+            if total.get("note"):
+                notes.append(f"total effect: {total['note']}")
+            row.update(direct.get(event, {}))
+            if direct.get(event, {}).get("direct_note"):
+                notes.append(f"direct effect: {direct[event]['direct_note']}")
+            row["works_through"] = population.segment_type == "overall" and _mediator(
+                population,
+                did,
+                events,
+                event,
+                earlier,
+                judged,
+                timing,
+                direct,
+                total,
+                keep & sample,
+                activated,
+            )
+            e_value, e_value_ci = e_values(row, activated[keep].mean())
+            row["e_value"], row["e_value_ci"] = e_value, e_value_ci
+            row.update(_threshold(population, buckets, position, activated, keep, row, rules))
+        hours = behaviour.loc[did[:, position] & activated, f"first_hour_{event}"]
+        row["median_hours_to_event_activators"] = float(hours.median()) if len(hours) else np.nan
+        row["note"] = "; ".join(notes)
+        rows.append(row)
     table = pd.DataFrame(rows)
-    table.insert(0, "segment", segment)
-    table.insert(0, "segment_type", segment_type)
-    tested = table.support_ok.to_numpy()
-    table["q_value"] = _bh(table.p_value.to_numpy(), tested)
-
-    exclude = segment_type if segment_type != "overall" else None
-    adjusted = _adjusted_effects(users, table.event_name[tested].tolist(), activated, exclude)
-    table = table.merge(adjusted, on="event_name", how="left")
-    table["adjusted_q_value"] = _bh(table.adjusted_p_value.to_numpy(), tested)
-    table["classification"] = [_classify(row, rules) for row in table.itertuples()]
-    return table
+    for column in COLUMNS:
+        if column not in table.columns:
+            table[column] = np.nan if _dtype(column) is float else None
+    table["not_judged"] = table.get("not_judged", False)
+    return table.assign(not_judged=table.not_judged.fillna(False).astype(bool))
 
 
-def _association(
-    event: str, did: np.ndarray, activated: np.ndarray, rules: CriticalPathRules
+def _observable(
+    signup: pd.Series, first_seen: pd.Timestamp | None, population: Population
+) -> np.ndarray:
+    """Users for whom the event could have been logged over their whole landmark span.
+
+    An event counts as newly tracked only when the earliest users' whole span passed without
+    anyone logging it (first seen at least `landmark_hours` after the first signup): a rare
+    event is naturally first seen a little after the first signup, and that is not a late
+    start of tracking.
+    """
+    everyone = np.ones(len(signup), dtype=bool)
+    if first_seen is None or not len(signup):
+        return everyone
+    if first_seen < signup.min() + pd.Timedelta(hours=population.landmark_hours):
+        return everyone
+    return (signup >= first_seen).to_numpy()
+
+
+def naive_association(
+    did: np.ndarray, activated: np.ndarray, rules: CriticalPathRules
 ) -> dict[str, Any]:
+    """Rates with and without the event, lift, Haldane odds ratio with interval, p-value."""
     a = int((did & activated).sum())
     b = int((did & ~activated).sum())
     c = int((~did & activated).sum())
@@ -108,32 +281,25 @@ def _association(
     with_event, without_event = a + b, c + d
     rate_with = a / with_event if with_event else np.nan
     rate_without = c / without_event if without_event else np.nan
-    notes = []
-    if with_event < rules.min_users or without_event < rules.min_users:
-        notes.append(f"fewer than {rules.min_users} users with or without the event")
-    if min(a, b, c, d) < MIN_CELL:
-        notes.append(f"a did/didn't x activated/not cell has fewer than {MIN_CELL} users")
-    table = Table2x2(np.array([[a, b], [c, d]]), shift_zeros=True)
-    ci_low, ci_high = table.oddsratio_confint(alpha=rules.alpha)
+    # Haldane-Anscombe: 0.5 in every cell, so empty cells give a finite, shown estimate.
+    log_or = math.log((a + 0.5) * (d + 0.5) / ((b + 0.5) * (c + 0.5)))
+    se = math.sqrt(1 / (a + 0.5) + 1 / (b + 0.5) + 1 / (c + 0.5) + 1 / (d + 0.5))
+    z = norm.ppf(1 - rules.alpha / 2)
     return {
-        "event_name": event,
         "users_with_event": with_event,
         "users_without_event": without_event,
         "activation_rate_with": rate_with,
         "activation_rate_without": rate_without,
         "lift": rate_with / rate_without if rate_without else np.nan,
-        "odds_ratio": float(table.oddsratio),
-        "ci_low": float(ci_low),
-        "ci_high": float(ci_high),
+        "odds_ratio": math.exp(log_or),
+        "ci_low": math.exp(log_or - z * se),
+        "ci_high": math.exp(log_or + z * se),
         "p_value": _p_value(a, b, c, d),
-        "support_ok": not notes,
-        "note": "; ".join(notes),
     }
 
 
 def _p_value(a: int, b: int, c: int, d: int) -> float:
-    """Fisher's exact test when an expected count is small, else Pearson's chi-square
-    (equivalent there, and Fisher's exact test gets slow on tables of 100,000 users)."""
+    """Fisher's exact test when an expected count is small, else Pearson's chi-square."""
     observed = np.array([[a, b], [c, d]])
     total = observed.sum()
     if total == 0 or observed.sum(axis=0).min() == 0 or observed.sum(axis=1).min() == 0:
@@ -144,130 +310,384 @@ def _p_value(a: int, b: int, c: int, d: int) -> float:
     return float(chi2_contingency(observed, correction=False)[1])
 
 
-def _adjusted_effects(
-    users: pd.DataFrame, events: list[str], activated: np.ndarray, exclude_segment: str | None
-) -> pd.DataFrame:
-    """Log-odds effect of each event with all other events, sessions and segment held fixed."""
-    empty = pd.DataFrame(
-        columns=[
-            "event_name",
-            "adjusted_effect",
-            "adjusted_ci_low",
-            "adjusted_ci_high",
-            "adjusted_p_value",
-        ]
-    )
-    if not events:
-        return empty
-    design = pd.DataFrame(
-        {f"did::{e}": (users[f"n_{e}"].to_numpy() > 0).astype(float) for e in events},
-        index=users.index,
-    )
-    design["log_sessions"] = np.log1p(users.sessions.to_numpy(dtype=float))
-    for segment in ADJUST_FOR:
-        if segment != exclude_segment and segment in users.columns:
-            dummies = pd.get_dummies(users[segment], prefix=segment, drop_first=True, dtype=float)
-            design = design.join(dummies)
-    design = design.loc[:, design.std() > 0]
-    design = sm.add_constant(design, has_constant="add")
-    y = activated.astype(float)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fit = sm.Logit(y, design).fit(disp=0, maxiter=200)
-        params, intervals, pvalues = fit.params, fit.conf_int(), fit.pvalues
-    except (np.linalg.LinAlgError, ValueError, sm.tools.sm_exceptions.PerfectSeparationError):
-        return empty
-    rows = []
-    for event in events:
-        key = f"did::{event}"
-        if key not in params.index:
+def find_aliases(did: np.ndarray, events: list[str], min_jaccard: float) -> dict[str, str]:
+    """event -> the event it duplicates (same users, Jaccard >= `min_jaccard`); the more
+    widespread name of each group is kept."""
+    counts = did.sum(axis=0)
+    both = did.T.astype(np.int64) @ did.astype(np.int64)
+    either = counts[:, None] + counts[None, :] - both
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jaccard = np.where(either > 0, both / either, 0.0)
+    order = sorted(range(len(events)), key=lambda i: (-counts[i], events[i]))
+    aliases: dict[str, str] = {}
+    # An event everyone (or no one) did does not vary: it is no one's alias.
+    varies = (counts > 0) & (counts < did.shape[0])
+    for rank, i in enumerate(order):
+        if events[i] in aliases or not varies[i]:
             continue
-        rows.append(
-            {
-                "event_name": event,
-                "adjusted_effect": float(params[key]),
-                "adjusted_ci_low": float(intervals.loc[key, 0]),
-                "adjusted_ci_high": float(intervals.loc[key, 1]),
-                "adjusted_p_value": float(pvalues[key]),
-            }
-        )
-    return pd.DataFrame(rows) if rows else empty
+        for j in order[rank + 1 :]:
+            if events[j] not in aliases and varies[j] and jaccard[i, j] >= min_jaccard:
+                aliases[events[j]] = events[i]
+    return aliases
 
 
-def _threshold(
-    counts: np.ndarray, activated: np.ndarray, rules: CriticalPathRules
+def _sample(n: int, limit: int, activated: np.ndarray, seed: int) -> np.ndarray:
+    """All users, or a sample stratified by outcome when there are more than `limit`."""
+    keep = np.ones(n, dtype=bool)
+    if n <= limit:
+        return keep
+    rng = np.random.default_rng(seed)
+    keep[:] = False
+    for outcome in (True, False):
+        members = np.flatnonzero(activated == outcome)
+        take = round(limit * len(members) / n)
+        keep[rng.choice(members, min(take, len(members)), replace=False)] = True
+    return keep
+
+
+def _covariates(population: Population, rows: np.ndarray) -> pd.DataFrame:
+    """Engagement so far and segment attributes: fixed before any single event."""
+    if population.covariates is None:
+        population.covariates = _all_covariates(population)
+    return population.covariates.iloc[rows].copy()
+
+
+def _all_covariates(population: Population) -> pd.DataFrame:
+    behaviour = population.behaviour
+    design = pd.DataFrame(
+        {
+            "log_sessions": np.log1p(behaviour.sessions_so_far.to_numpy(dtype=float)),
+            "active_days": behaviour.active_days_so_far.to_numpy(dtype=float),
+        },
+        index=behaviour.index,
+    )
+    users = population.users
+    for segment in ADJUST_FOR:
+        if segment != population.segment_type and segment in users.columns:
+            dummies = pd.get_dummies(
+                users[segment].astype("string"), prefix=segment, drop_first=True, dtype=float
+            )
+            design = design.join(dummies)
+    return design
+
+
+def _fit(design: pd.DataFrame, y: np.ndarray, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Firth logistic regression; per name in `names`: effect, interval, p (or a note)."""
+    design = design.loc[:, design.std() > 0]
+    present = [n for n in names if n in design.columns]
+    if len(set(y)) < 2:
+        return {n: {"note": "everyone in the population has the same outcome"} for n in names}
+    if not present:
+        return {n: {"note": "the event does not vary in this population"} for n in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fit = FirthLogisticRegression(max_iter=50).fit(design.to_numpy(dtype=float), y)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as error:
+            return {n: {"note": f"the fit failed ({type(error).__name__}: {error})"} for n in names}
+    columns = list(design.columns)
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name not in present:
+            out[name] = {"note": "the event does not vary in this population"}
+            continue
+        i = columns.index(name)
+        effect, se = float(fit.coef_[i]), float(fit.bse_[i])
+        if not fit.converged_ or not np.isfinite(se):
+            out[name] = {"note": f"the fit did not converge in {fit.n_iter_} iterations"}
+            continue
+        out[name] = {
+            "effect": effect,
+            "ci_low": effect - 1.959964 * se,
+            "ci_high": effect + 1.959964 * se,
+            "p_value": float(fit.pvalues_[i]),
+        }
+    return out
+
+
+def _fit_effect(
+    population: Population,
+    did: np.ndarray,
+    events: list[str],
+    event: str,
+    adjust: list[str],
+    rows: np.ndarray,
+    activated: np.ndarray,
 ) -> dict[str, Any]:
-    """The "at least n times within d days" rule with the best F1 for activation.
+    index = np.flatnonzero(rows)
+    design = _covariates(population, index)
+    for name in [event, *adjust]:
+        design[f"did::{name}"] = did[index, events.index(name)].astype(float)
+    result = _fit(design, activated[index].astype(int), [f"did::{event}"])[f"did::{event}"]
+    return result
 
-    `counts[u, d]` is how often user u did the event by the end of day d of the horizon.
+
+def _direct_effects(
+    population: Population,
+    did: np.ndarray,
+    events: list[str],
+    judged: list[str],
+    observable: dict[str, np.ndarray],
+    sample: np.ndarray,
+    activated: np.ndarray,
+) -> dict[str, dict[str, Any]]:
+    """One model per set of observable users, holding every other event fixed."""
+    out: dict[str, dict[str, Any]] = {}
+    groups: dict[bytes, list[str]] = {}
+    for event in judged:
+        groups.setdefault(np.packbits(observable[event]).tobytes(), []).append(event)
+    for members in groups.values():
+        rows = observable[members[0]] & sample
+        index = np.flatnonzero(rows)
+        # Every event observable for all of these users joins the model.
+        others = [e for e in judged if observable[e][index].all()]
+        design = _covariates(population, index)
+        for name in others:
+            design[f"did::{name}"] = did[index, events.index(name)].astype(float)
+        fitted = _fit(design, activated[index].astype(int), [f"did::{e}" for e in members])
+        for event in members:
+            result = fitted[f"did::{event}"]
+            out[event] = {f"direct_{k}": v for k, v in result.items()}
+    return out
+
+
+def _mediator(
+    population: Population,
+    did: np.ndarray,
+    events: list[str],
+    event: str,
+    earlier: list[str],
+    judged: list[str],
+    timing: dict[str, float],
+    direct: dict[str, dict[str, Any]],
+    total: dict[str, Any],
+    rows: np.ndarray,
+    activated: np.ndarray,
+) -> str | None:
+    """The later step that `event` matters through, if one explains its total effect.
+
+    Only for a positive total effect whose direct effect is indistinguishable from 0. Each
+    later step with a positive direct effect (the three most tied to `event`) is added to the
+    total-effect model on its own; it is the mediator when `event`'s effect then becomes
+    indistinguishable from 0 and loses at least half of its size, and the later step must be
+    enabled by it (`ENABLING_RATIO`). A step that merely rides
+    along with engaged users (vanity) loses its effect to the other behaviour as a whole, not
+    to one later step.
     """
-    best: dict[str, Any] = {
-        "best_threshold_n": np.nan,
-        "best_threshold_days": np.nan,
-        "threshold_precision": np.nan,
-        "threshold_recall": np.nan,
-    }
-    positives = activated.sum()
-    best_f1 = -1.0
-    for day_index in range(counts.shape[1]):
-        for times in (1, 2, 3, 5):
-            chosen = counts[:, day_index] >= times
-            if chosen.sum() < rules.min_users or positives == 0:
-                continue
-            precision = float((chosen & activated).sum() / chosen.sum())
-            recall = float((chosen & activated).sum() / positives)
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            if f1 > best_f1:
-                best_f1 = f1
-                best = {
-                    "best_threshold_n": times,
-                    "best_threshold_days": day_index + 1,
-                    "threshold_precision": precision,
-                    "threshold_recall": recall,
-                }
+    effect = total.get("effect", np.nan)
+    low = total.get("ci_low", np.nan)
+    details = direct.get(event, {})
+    direct_low = details.get("direct_ci_low", np.nan)
+    direct_high = details.get("direct_ci_high", np.nan)
+    if not (np.isfinite(effect) and low > 0 and np.isfinite(direct_low)):
+        return None
+    if not direct_low <= 0 <= direct_high:
+        return None
+    i = events.index(event)
+    doers = did[:, i]
+    candidates = []
+    for other in judged:
+        if other == event or timing[other] <= timing[event]:
+            continue
+        if not direct.get(other, {}).get("direct_ci_low", -np.inf) > 0:
+            continue
+        j = events.index(other)
+        if doers.any() and not doers.all():
+            with_step, without_step = did[doers, j].mean(), did[~doers, j].mean()
+            # An enabling step: the later one is at least twice as common after it.
+            if with_step >= ENABLING_RATIO * without_step:
+                candidates.append((with_step - without_step, other))
+    best, best_effect = None, effect
+    for _, other in sorted(candidates, reverse=True)[:3]:
+        fitted = _fit_effect(population, did, events, event, [*earlier, other], rows, activated)
+        if "effect" not in fitted:
+            continue
+        explained = fitted["ci_low"] <= 0 <= fitted["ci_high"] and fitted["effect"] <= effect / 2
+        if explained and fitted["effect"] < best_effect:
+            best, best_effect = other, fitted["effect"]
     return best
 
 
-def _cumulative_daily_counts(
-    daily_counts: pd.DataFrame, user_ids: pd.Series, events: list[str]
-) -> np.ndarray:
-    """`[user, event, day]`: times done by the end of that day, users in `user_ids` order."""
-    days = max(int(daily_counts.day.max()) + 1, 1) if len(daily_counts) else 1
-    cube = np.zeros((len(user_ids), len(events), days), dtype=np.int32)
-    if daily_counts.empty:
-        return cube
-    user_position = pd.Index(user_ids).get_indexer(pd.Index(daily_counts.user_id))
-    event_position = pd.Index(events).get_indexer(pd.Index(daily_counts.event_name))
-    keep = (user_position >= 0) & (event_position >= 0) & (daily_counts.day.to_numpy() >= 0)
-    np.add.at(
-        cube,
-        (user_position[keep], event_position[keep], daily_counts.day.to_numpy()[keep]),
-        daily_counts.n.to_numpy()[keep],
-    )
-    return np.cumsum(cube, axis=2)
+def e_values(row: dict[str, Any], base_rate: float) -> tuple[float, float]:
+    """E-value of the total effect and of its interval's bound nearest to 1 (VanderWeele &
+    Ding 2017), with the odds ratio taken to the risk-ratio scale by the square root when the
+    outcome is common (> 15 %)."""
+    effect = row.get("total_effect")
+    if effect is None or not np.isfinite(effect) or effect <= 0:
+        return np.nan, np.nan
+
+    def to_rr(log_or: float) -> float:
+        odds_ratio = math.exp(log_or)
+        return math.sqrt(odds_ratio) if base_rate > 0.15 else odds_ratio
+
+    def e(rr: float) -> float:
+        return rr + math.sqrt(rr * (rr - 1)) if rr > 1 else 1.0
+
+    return e(to_rr(effect)), e(to_rr(row.get("total_ci_low", 0.0)))
 
 
-def _bh(p_values: np.ndarray, tested: np.ndarray) -> np.ndarray:
+def _threshold(
+    population: Population,
+    buckets: Buckets,
+    position: int,
+    activated: np.ndarray,
+    keep: np.ndarray,
+    row: dict[str, Any],
+    rules: CriticalPathRules,
+) -> dict[str, Any]:
+    """The "at least n times within d days" rule with the best phi, for events positively
+    associated with activation; precision, recall and lift (rule vs not) with intervals."""
+    days = population.landmark_hours // 24
+    if days < 1 or not row["ci_low"] > 1:
+        return {}
+    event = buckets.events[position]
+    y = activated[keep]
+    best: dict[str, Any] = {}
+    best_phi = 0.0
+    for day in range(1, days + 1):
+        counts = population.counts_by_day(buckets, day, event)[keep]
+        for times in THRESHOLD_TIMES:
+            chosen = counts >= times
+            if chosen.sum() < rules.min_users or (~chosen).sum() < rules.min_users:
+                continue
+            phi = _phi(chosen, y)
+            if phi > best_phi:
+                best_phi = phi
+                best = _rule_stats(chosen, y, times, day, phi)
+    return best
+
+
+def _phi(chosen: np.ndarray, y: np.ndarray) -> float:
+    a = float((chosen & y).sum())
+    b = float((chosen & ~y).sum())
+    c = float((~chosen & y).sum())
+    d = float((~chosen & ~y).sum())
+    denominator = math.sqrt((a + b) * (c + d) * (a + c) * (b + d))
+    return (a * d - b * c) / denominator if denominator else 0.0
+
+
+def _rule_stats(
+    chosen: np.ndarray, y: np.ndarray, times: int, day: int, phi: float
+) -> dict[str, Any]:
+    hits = int((chosen & y).sum())
+    precision_low, precision_high = proportion_confint(hits, int(chosen.sum()), method="wilson")
+    recall_low, recall_high = proportion_confint(hits, int(y.sum()), method="wilson")
+    rest_hits = int((~chosen & y).sum())
+    rest = int((~chosen).sum())
+    # Risk ratio rule vs not, Katz log interval (0.5 added when a cell is empty).
+    a, n1 = hits + 0.5 * (hits == 0), chosen.sum()
+    c, n0 = rest_hits + 0.5 * (rest_hits == 0), rest
+    log_rr = math.log((a / n1) / (c / n0))
+    se = math.sqrt(1 / a - 1 / n1 + 1 / c - 1 / n0)
+    return {
+        "best_threshold_n": float(times),
+        "best_threshold_days": float(day),
+        "threshold_phi": phi,
+        "threshold_precision": hits / chosen.sum(),
+        "threshold_precision_ci_low": float(precision_low),
+        "threshold_precision_ci_high": float(precision_high),
+        "threshold_recall": hits / y.sum(),
+        "threshold_recall_ci_low": float(recall_low),
+        "threshold_recall_ci_high": float(recall_high),
+        "threshold_lift": math.exp(log_rr),
+        "threshold_lift_ci_low": math.exp(log_rr - 1.959964 * se),
+        "threshold_lift_ci_high": math.exp(log_rr + 1.959964 * se),
+    }
+
+
+def _bh(p_values: np.ndarray) -> np.ndarray:
+    p_values = np.asarray(p_values, dtype=float)
     q = np.full(len(p_values), np.nan)
-    mask = tested & ~np.isnan(p_values)
+    mask = np.isfinite(p_values)
     if mask.any():
         q[mask] = multipletests(p_values[mask], method="fdr_bh")[1]
     return q
 
 
-def _classify(row: Any, rules: CriticalPathRules) -> str:
-    if not row.support_ok:
-        return "neutral"
-    significant = (
-        row.adjusted_q_value < rules.alpha
-        if row.adjusted_q_value == row.adjusted_q_value
-        else False
-    )
-    if significant and row.adjusted_effect > 0:
+def classify(row: Any, rules: CriticalPathRules) -> str:
+    """The class of one row (see the module docstring); `note` says why when inconclusive."""
+    if row.not_judged:
+        return "inconclusive"
+    total, low, high, q = row.total_effect, row.total_ci_low, row.total_ci_high, row.total_q_value
+    if not all(np.isfinite(v) for v in (total, low, high, q)):
+        return "inconclusive"
+    naive = math.log(row.odds_ratio) if row.odds_ratio > 0 else np.nan
+    naive_significant = np.isfinite(row.q_value) and row.q_value < rules.alpha
+    naive_positive = naive_significant and naive > 0 and row.lift >= rules.vanity_min_lift
+    direct_low, direct_high = row.direct_ci_low, row.direct_ci_high
+    direct_known = np.isfinite(direct_low) and np.isfinite(direct_high)
+    if q < rules.alpha and total > 0:
+        if direct_known and direct_low <= 0 <= direct_high:
+            if isinstance(row.works_through, str):
+                return "prerequisite"
+            # Nothing left once the rest of the behaviour is held fixed, and no single later
+            # step carries it: the association rode along with engagement.
+            if naive_positive and direct_high < naive:
+                return "vanity"
+            return "inconclusive"
         return "driver"
-    if significant and row.adjusted_effect < 0:
+    if q < rules.alpha and total < 0:
         return "blocker"
-    if row.lift >= rules.vanity_min_lift and row.q_value < rules.alpha:
+    if naive_positive and high < naive and low <= 0:
         return "vanity"
-    return "neutral"
+    margin = math.log(rules.equivalence_odds_ratio)
+    if -margin < low and high < margin:
+        return "no_effect"
+    return "inconclusive"
+
+
+def landmark_summary(
+    outcomes: pd.DataFrame, buckets: Buckets, landmarks: list[int], top: int = 5
+) -> pd.DataFrame:
+    """Per landmark: closed-window users, who activated before it (how many, how fast, which
+    early events they share), and the population left with its activation rate."""
+    outcomes = outcomes.reset_index(drop=True)
+    closed = outcomes.window_closed.to_numpy(dtype=bool) & outcomes.label.notna().to_numpy()
+    hours = (outcomes.activation_at - outcomes.signup_at).dt.total_seconds().to_numpy() / 3600
+    rows = []
+    for landmark in landmarks:
+        early = closed & activated_by(outcomes, landmark)
+        population = landmark_population(outcomes, landmark)
+        later = int((outcomes.label.to_numpy()[population] == 1).sum())
+        low, high = (
+            proportion_confint(later, int(population.sum()), method="wilson")
+            if population.any()
+            else (np.nan, np.nan)
+        )
+        shared = ""
+        if early.any() and buckets.events:
+            positions = np.flatnonzero(early)
+            before = buckets.at(positions, np.clip(hours[positions], 0, None))
+            rest = buckets.at(
+                np.flatnonzero(population), np.full(int(population.sum()), float(landmark))
+            )
+            shares = []
+            for event in buckets.events:
+                share = float((before[f"n_{event}"] > 0).mean())
+                other = float((rest[f"n_{event}"] > 0).mean()) if len(rest) else np.nan
+                shares.append((share, event, other))
+            shares.sort(reverse=True)
+            shared = "; ".join(
+                f"{event} {share:.0%} (vs {other:.0%} of the population)"
+                for share, event, other in shares[:top]
+            )
+        rows.append(
+            {
+                "landmark_hours": landmark,
+                "closed_window_users": int(closed.sum()),
+                "activated_before_landmark": int(early.sum()),
+                "share_activated_before": float(early.sum() / closed.sum())
+                if closed.any()
+                else np.nan,
+                "median_hours_to_activation_early": float(np.median(hours[early]))
+                if early.any()
+                else np.nan,
+                "shared_events_early_activators": shared,
+                "population_users": int(population.sum()),
+                "activated_after_landmark": later,
+                "activation_rate": later / population.sum() if population.any() else np.nan,
+                "activation_rate_ci_low": float(low),
+                "activation_rate_ci_high": float(high),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(LANDMARK_POPULATIONS.schema.names))

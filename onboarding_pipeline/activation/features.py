@@ -3,14 +3,17 @@
 Leakage rules, enforced here and nowhere else:
 - the label is "first aha event within `activation_window_days` of signup", known only when
   the window has closed by the watermark; open windows get no label (never a negative);
-- early behaviour is what a user did in the first `observation_hours` after signup AND before
-  their activation moment, aha events excluded, so no feature can contain the outcome.
+- early behaviour is what a user did in the first `observation_hours` after signup, aha events
+  excluded. It is never cut at the activation moment: a window whose length depended on the
+  outcome would carry the outcome (a user activating at hour 5 would look "quiet"). Users who
+  activated inside the horizon are flagged (`activated_in_horizon`) and kept out of the
+  landmark population that the model and the critical path are judged on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, time
 
 import ibis
 import ibis.expr.types as ir
@@ -26,11 +29,17 @@ def count_true(flags: ir.BooleanColumn) -> ir.IntegerScalar:
     return ibis.ifelse(flags, 1, 0).sum()
 
 
-def now_of(events: ir.Table, config: ProductConfig, backend: object) -> datetime:
-    """ "Now": the configured `as_of`, else the watermark (the latest accepted event)."""
+def now_of(
+    events: ir.Table, config: ProductConfig, backend: object, users: ir.Table | None = None
+) -> datetime:
+    """ "Now": the configured `as_of`, else the watermark (the latest accepted event); with
+    no events yet, the latest signup; with no data at all, the first partition day (nobody
+    has done anything, so no answer depends on it)."""
     now = config.as_of or backend.execute(events.timestamp.max())  # type: ignore[attr-defined]
+    if (now is None or now != now) and users is not None:
+        now = backend.execute(users.signup_at.max())  # type: ignore[attr-defined]
     if now is None or now != now:
-        raise ValueError("raw_events is empty: ingest events before building features")
+        return datetime.combine(config.partitions_start_date, time(), UTC)
     return pd.Timestamp(now).to_pydatetime()
 
 
@@ -55,11 +64,13 @@ def user_outcomes(
         label=ibis.cases((activated, 1.0), (window_closed, 0.0), else_=ibis.null("float64")),
         horizon_complete=rows.signup_at + ibis.interval(hours=config.observation_hours)
         <= ibis.literal(now),
+        activated_in_horizon=activated
+        & (rows.first_aha_at < rows.signup_at + ibis.interval(hours=config.observation_hours)),
     )
 
 
 def early_events(events: ir.Table, outcomes: ir.Table, config: ProductConfig) -> ir.Table:
-    """Events in the observation horizon, before activation, aha events excluded."""
+    """Events in the observation horizon, aha events excluded (never cut at activation)."""
     joined = _with_timeline(events, outcomes)
     early = joined.filter(
         _in_early_horizon(joined, joined.timestamp, config)
@@ -71,25 +82,17 @@ def early_events(events: ir.Table, outcomes: ir.Table, config: ProductConfig) ->
 
 
 def _with_timeline(rows: ir.Table, outcomes: ir.Table) -> ir.Table:
-    """`rows` with their user's `_signup_at` and `_activation_at` (null if not activated)."""
-    people = outcomes.select(
-        _user_id=outcomes.user_id,
-        _signup_at=outcomes.signup_at,
-        _activation_at=outcomes.activation_at,
-    )
+    """`rows` with their user's `_signup_at`."""
+    people = outcomes.select(_user_id=outcomes.user_id, _signup_at=outcomes.signup_at)
     return rows.join(people, rows.user_id == people._user_id)
 
 
 def _in_early_horizon(
     rows: ir.Table, moment: ir.TimestampValue, config: ProductConfig
 ) -> ir.BooleanValue:
-    """In the first `observation_hours` after signup and before the activation moment."""
+    """In the first `observation_hours` after signup, the same span for everyone."""
     horizon = ibis.interval(hours=config.observation_hours)
-    return (
-        (moment >= rows._signup_at)
-        & (moment < rows._signup_at + horizon)
-        & (rows._activation_at.isnull() | (moment < rows._activation_at))
-    )
+    return (moment >= rows._signup_at) & (moment < rows._signup_at + horizon)
 
 
 def choose_feature_events(early: ir.Table, config: ProductConfig, backend: object) -> list[str]:
@@ -163,7 +166,7 @@ def build_features(
     `stage` (e.g. `WarehouseResource.temp_table`) materializes the early events once, since
     both the choice of events and the wide table read them.
     """
-    now = now_of(events, config, backend)
+    now = now_of(events, config, backend, users)
     outcomes = user_outcomes(users, events, config, now)
     early = early_events(events, outcomes, config)
     if stage is not None:
@@ -188,15 +191,22 @@ def daily_early_counts(
     return early.group_by("user_id", "event_name", day=day).agg(n=early.count())
 
 
-def leakage_violations(features: pd.DataFrame, observation_hours: int) -> dict[str, int]:
-    """Rows that would leak the outcome: behaviour after the horizon or after activation,
-    a label on an open window, or the aha event among the features."""
+def leakage_violations(
+    features: pd.DataFrame, observation_hours: int, aha_events: list[str] | None = None
+) -> dict[str, int]:
+    """Rows that would leak the outcome: behaviour after the horizon, a label on an open
+    window, an aha event among the features, or a landmark population that holds a user
+    who had already activated by the horizon."""
     hours = features[[c for c in features.columns if c.startswith("hours_to_")]]
     latest = hours.max(axis=1)
     to_activation = (features.activation_at - features.signup_at).dt.total_seconds() / 3600
+    in_horizon = (to_activation < observation_hours).fillna(False)
     found = {
         "behaviour_after_horizon": int((latest >= observation_hours).sum()),
-        "behaviour_after_activation": int((latest >= to_activation).sum()),
         "label_on_open_window": int((~features.window_closed & (features.label == 0)).sum()),
+        "activated_in_horizon_mislabelled": int(
+            (in_horizon != features.activated_in_horizon.fillna(False).astype(bool)).sum()
+        ),
+        "aha_event_among_features": sum(f"n_{e}" in features.columns for e in aha_events or []),
     }
     return {name: count for name, count in found.items() if count}

@@ -1,13 +1,23 @@
-"""The activation model: calibrated gradient boosting on early behaviour, split by time.
+"""The activation model: one calibrated gradient-boosting model over landmark ages.
+
+A user still onboarding at age t who has not activated is scored with
+P(activate before the window closes | not activated by t, behaviour up to t). The model is a
+stacked landmark model (van Houwelingen): every closed-window user contributes one row per
+scoring age at which they had not activated yet, with their behaviour up to that age and the
+age itself as an input. One model thus answers for every age, and a user at day 10 is compared
+with users who were also still waiting at day 10, not with everyone at 72 h.
 
 Trained only on users whose activation window has closed; the newest closed cohorts are held
-out for validation, so the reported quality is what scoring tomorrow's signups will see.
+out for validation (time split), so the reported quality is what scoring tomorrow's signups
+will see. The headline ROC AUC is on the landmark population (validation users not activated by
+`observation_hours`, read at that age); calibration is checked per age band.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,21 +28,25 @@ import numpy as np
 import pandas as pd
 from sklearn.calibration import CalibratedClassifierCV, calibration_curve
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from statsmodels.stats.proportion import proportion_confint
 
 from onboarding_pipeline.activation.features import SEGMENT_COLUMNS
+from onboarding_pipeline.activation.landmarks import (
+    Buckets,
+    expand_rows,
+)
 from onboarding_pipeline.config.product import ModelRules
 
-NOT_FEATURES = (
-    "user_id",
-    "signup_at",
-    "first_aha_at",
-    "activated",
-    "window_closed",
-    "activation_at",
-    "label",
-    "horizon_complete",
-)
+# Training reads at most this many users (x their ages), validation this many: enough for a
+# stable model, and bounded time and memory whatever the export's size.
+MAX_TRAIN_USERS = 25_000
+MAX_VALIDATION_USERS = 10_000
+
+
+class ModelRefused(ValueError):
+    """No model can be trained yet; the message says what would unlock it."""
 
 
 @dataclass
@@ -44,22 +58,31 @@ class ActivationModel:
     feature_columns: list[str]
     categories: dict[str, list[str]]
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Validation users at the main landmark: probability, label, user_id (+ their features,
+    # so a later version can be compared on the same rows).
     validation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    validation_features: pd.DataFrame = field(default_factory=pd.DataFrame)
+    dropped_columns: dict[str, str] = field(default_factory=dict)
 
     def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
         return model_matrix(features, self.feature_columns, self.categories)
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
+        if features.empty:
+            return np.zeros(0)
         return np.asarray(self.estimator.predict_proba(self.matrix(features))[:, 1])
 
 
 def model_matrix(
     features: pd.DataFrame, columns: list[str], categories: dict[str, list[str]]
 ) -> pd.DataFrame:
-    """Numbers as floats; segments as stable integer codes (unknown or missing -> NaN)."""
+    """Numbers as floats; segments as stable integer codes (unknown or missing -> NaN).
+    A column the frame lacks (an event no longer seen) is missing for everyone."""
     matrix = pd.DataFrame(index=features.index)
     for column in columns:
-        if column in categories:
+        if column not in features.columns:
+            matrix[column] = np.nan
+        elif column in categories:
             codes = pd.Categorical(features[column], categories=categories[column]).codes
             matrix[column] = np.where(codes < 0, np.nan, codes).astype(float)
         else:
@@ -74,32 +97,120 @@ def time_split(closed: pd.DataFrame, validation_fraction: float) -> tuple[pd.Ind
     return ordered.index[:cut], ordered.index[cut:]
 
 
-def train_activation_model(
-    features: pd.DataFrame, rules: ModelRules, seed: int = 0
-) -> ActivationModel:
-    """Fit on closed windows, validate on the newest closed cohorts, calibrate, measure."""
-    closed = features[features.window_closed & features.label.notna()]
-    if len(closed) < rules.min_training_users:
-        raise ValueError(
-            f"only {len(closed)} users have a closed activation window; the model needs "
-            f"model.min_training_users={rules.min_training_users}"
-        )
-    train_index, valid_index = time_split(closed, rules.validation_fraction)
-    columns = [c for c in features.columns if c not in NOT_FEATURES]
-    categories = {
-        c: sorted(closed.loc[train_index, c].dropna().astype(str).unique())
-        for c in SEGMENT_COLUMNS
-        if c in columns
-    }
-    x_train = model_matrix(closed.loc[train_index], columns, categories)
-    y_train = closed.loc[train_index, "label"].astype(int).to_numpy()
-    x_valid = model_matrix(closed.loc[valid_index], columns, categories)
-    y_valid = closed.loc[valid_index, "label"].astype(int).to_numpy()
-    if len(set(y_train)) < 2 or len(set(y_valid)) < 2:
-        raise ValueError("training and validation cohorts need both activated and other users")
+def landmark_frame(
+    outcomes: pd.DataFrame, buckets: Buckets, positions: np.ndarray, ages: np.ndarray
+) -> pd.DataFrame:
+    """Rows (user position, age) -> user_id, age_hours, label, segments and behaviour so far."""
+    behaviour = buckets.at(positions, ages)
+    picked = outcomes.iloc[positions]
+    frame = pd.DataFrame(
+        {
+            "user_id": picked.user_id.to_numpy(),
+            "age_hours": ages,
+            "label": picked.label.to_numpy(dtype=float),
+        }
+    )
+    for column in SEGMENT_COLUMNS:
+        if column in picked.columns:
+            frame[column] = picked[column].to_numpy()
+    return pd.concat([frame, behaviour.reset_index(drop=True)], axis=1)
 
+
+def usable_columns(train: pd.DataFrame, candidates: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Columns with information in the training rows; the others with the reason."""
+    keep, dropped = [], {}
+    for column in candidates:
+        values = train[column]
+        if values.isna().all():
+            dropped[column] = "missing for every training user (e.g. a newly tracked event)"
+        elif values.nunique(dropna=True) < 2 and not values.isna().any():
+            dropped[column] = "the same value for every training user"
+        else:
+            keep.append(column)
+    return keep, dropped
+
+
+def refusal(closed_users: int, rules: ModelRules) -> str | None:
+    if closed_users < rules.min_training_users:
+        return (
+            f"need {rules.min_training_users} users with a closed activation window, have "
+            f"{closed_users}: lower `model.min_training_users` or wait for more signups"
+        )
+    return None
+
+
+def training_users(
+    outcomes: pd.DataFrame, rules: ModelRules, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (in `outcomes`) of the training and validation users: closed windows, split
+    by signup time, each capped (a seeded sample beyond the cap)."""
+    outcomes = outcomes.reset_index(drop=True)
+    closed_mask = outcomes.window_closed.to_numpy(dtype=bool) & outcomes.label.notna().to_numpy()
+    closed = outcomes[closed_mask]
+    reason = refusal(len(closed), rules)
+    if reason:
+        raise ModelRefused(reason)
+    train_index, valid_index = time_split(closed, rules.validation_fraction)
+    rng = np.random.default_rng(seed)
+    return (
+        _cap(np.asarray(train_index), MAX_TRAIN_USERS, rng),
+        _cap(np.asarray(valid_index), MAX_VALIDATION_USERS, rng),
+    )
+
+
+def in_flight(outcomes: pd.DataFrame, now: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, ages in hours) of the users still onboarding: window open, not activated."""
+    outcomes = outcomes.reset_index(drop=True)
+    waiting = outcomes.label.isna().to_numpy() & ~outcomes.activated.fillna(False).to_numpy(
+        dtype=bool
+    )
+    positions = np.flatnonzero(waiting)
+    ages = (now - outcomes.signup_at.iloc[positions]).dt.total_seconds().to_numpy() / 3600
+    return positions, np.clip(ages, 0, None)
+
+
+def train_activation_model(
+    outcomes: pd.DataFrame,
+    buckets: Buckets,
+    rules: ModelRules,
+    *,
+    ages: list[float],
+    main_landmark: float,
+    age_bands: list[float],
+    seed: int = 0,
+) -> ActivationModel:
+    """Fit on closed windows at every scoring age, validate on the newest closed cohorts.
+
+    `outcomes` is one row per user (as in `user_features`), aligned with `buckets.user_ids`.
+    Raises `ModelRefused` (with what would unlock it) when no honest model can be fitted.
+    """
+    outcomes = outcomes.reset_index(drop=True)
+    train_positions, valid_positions = training_users(outcomes, rules, seed)
+    eligible = np.zeros(len(outcomes), dtype=bool)
+    eligible[train_positions] = True
+    rows, row_ages = expand_rows(outcomes, ages, eligible=eligible)
+    train = landmark_frame(outcomes, buckets, rows, row_ages)
+    eligible[:] = False
+    eligible[valid_positions] = True
+    rows, row_ages = expand_rows(outcomes, ages, eligible=eligible)
+    valid = landmark_frame(outcomes, buckets, rows, row_ages)
+    if train.label.nunique() < 2 or valid.label.nunique() < 2:
+        raise ModelRefused(
+            "training and validation cohorts need both activated and other users: "
+            f"{int(train.label.sum())} of {len(train)} training rows and "
+            f"{int(valid.label.sum())} of {len(valid)} validation rows activated; "
+            "wait for more closed windows"
+        )
+
+    candidates = [c for c in train.columns if c not in ("user_id", "label")]
+    columns, dropped = usable_columns(train, candidates)
+    categories = {
+        c: sorted(train[c].dropna().astype(str).unique()) for c in SEGMENT_COLUMNS if c in columns
+    }
+    x_fit = model_matrix(train, columns, categories)
+    y_fit = train.label.astype(int).to_numpy()
     booster = HistGradientBoostingClassifier(
-        learning_rate=0.05,
+        learning_rate=0.06,
         max_iter=300,
         max_leaf_nodes=15,
         min_samples_leaf=40,
@@ -109,29 +220,120 @@ def train_activation_model(
         validation_fraction=0.15,
         random_state=seed,
     )
-    # Isotonic needs plenty of data; with less, Platt scaling is the steadier choice.
-    method = "isotonic" if len(train_index) >= 2000 else "sigmoid"
-    estimator = CalibratedClassifierCV(booster, method=method, cv=3)
-    estimator.fit(x_train, y_train)
-
+    # Log-loss boosting is close to calibrated by itself; it is judged as fitted, on the
+    # newest closed cohorts it never saw.
+    booster.fit(x_fit, y_fit)
+    estimator: Any = booster
+    method = "isotonic" if len(valid_positions) >= 2000 else "sigmoid"
+    x_valid = model_matrix(valid, columns, categories)
     probabilities = estimator.predict_proba(x_valid)[:, 1]
-    version = model_version(x_train, y_train)
-    metrics = quality_metrics(y_valid, probabilities, seed)
+    at_landmark = valid.age_hours.to_numpy() == main_landmark
+    y_valid = valid.label.astype(int).to_numpy()
+    if len(set(y_valid[at_landmark])) < 2:
+        raise ModelRefused(
+            f"the landmark population at {main_landmark:g} h has validation users of one "
+            "outcome only; wait for more closed windows"
+        )
+    metrics = quality_metrics(y_valid[at_landmark], probabilities[at_landmark], seed)
+    bands = reliability_by_age(valid, probabilities, age_bands)
+    version = model_version(x_fit, y_fit)
     metrics.update(
-        train_users=len(train_index),
-        validation_users=len(valid_index),
-        train_base_rate=float(y_train.mean()),
+        landmark_hours=main_landmark,
+        train_users=len(train_positions),
+        train_rows=len(train),
+        validation_users=len(valid_positions),
+        validation_rows=len(valid),
+        landmark_population_validation=int(at_landmark.sum()),
+        train_base_rate=float(train.label[train.age_hours == main_landmark].mean()),
         calibration=method,
-        train_signups=_span(closed.loc[train_index, "signup_at"]),
-        validation_signups=_span(closed.loc[valid_index, "signup_at"]),
-        top_features=top_features(estimator, x_valid, y_valid, seed),
+        scoring_ages_hours=[float(a) for a in ages],
+        train_signups=_span(outcomes.signup_at.iloc[train_positions]),
+        validation_signups=_span(outcomes.signup_at.iloc[valid_positions]),
+        reliability_by_age=bands.to_dict(orient="records"),
+        age_bands_miscalibrated=[
+            row["age_band"] for row in bands.to_dict(orient="records") if not row["within_ci"]
+        ],
+        dropped_columns=dropped,
+        top_features=top_features(estimator, x_valid[at_landmark], y_valid[at_landmark], seed),
     )
+    # Judged, the model is recalibrated on the validation cohort (the newest closed signups),
+    # so a drifting activation rate is followed as closely as known outcomes allow. The
+    # metrics above are those of the booster before this step, on rows it never saw.
+    estimator = CalibratedClassifierCV(FrozenEstimator(booster), method=method)
+    estimator.fit(x_valid, y_valid)
+    landmark_rows = valid[at_landmark]
     validation = pd.DataFrame(
-        {"activation_probability": probabilities, "label": y_valid.astype(float)},
-        index=closed.loc[valid_index].index,
+        {
+            "user_id": landmark_rows.user_id.to_numpy(),
+            "activation_probability": probabilities[at_landmark],
+            "label": y_valid[at_landmark].astype(float),
+            "age_hours": main_landmark,
+        }
     )
-    validation["user_id"] = closed.loc[valid_index, "user_id"].to_numpy()
-    return ActivationModel(version, estimator, columns, categories, metrics, validation)
+    return ActivationModel(
+        version,
+        estimator,
+        columns,
+        categories,
+        metrics,
+        validation,
+        landmark_rows.reset_index(drop=True),
+        dropped,
+    )
+
+
+def reliability_by_age(
+    rows: pd.DataFrame, probabilities: np.ndarray, edges: list[float]
+) -> pd.DataFrame:
+    """Expected (mean prediction) against observed activation per age band, with a Wilson
+    interval whose size counts distinct users (a user's rows at several ages are not
+    independent evidence). The interval is Bonferroni-corrected over the bands (95 % for the
+    family), so a well-calibrated model is refused by chance in at most 5 % of trainings."""
+    ages = rows.age_hours.to_numpy()
+    bounds = [*edges, np.inf]
+    alpha = 0.05 / max(len(edges), 1)
+    out = []
+    for low, high in itertools.pairwise(bounds):
+        inside = (ages >= low) & (ages < high)
+        if not inside.any():
+            continue
+        users = rows.user_id[inside].nunique()
+        observed = float(rows.label[inside].mean())
+        expected = float(probabilities[inside].mean())
+        ci_low, ci_high = proportion_confint(
+            round(observed * users), users, alpha=alpha, method="wilson"
+        )
+        out.append(
+            {
+                "age_band": f"{low:g}-{high:g} h" if np.isfinite(high) else f"{low:g} h+",
+                "rows": int(inside.sum()),
+                "users": int(users),
+                "expected": round(expected, 4),
+                "observed": round(observed, 4),
+                "ci_low": round(float(ci_low), 4),
+                "ci_high": round(float(ci_high), 4),
+                "within_ci": bool(ci_low <= expected <= ci_high),
+            }
+        )
+    return pd.DataFrame(
+        out,
+        columns=[
+            "age_band",
+            "rows",
+            "users",
+            "expected",
+            "observed",
+            "ci_low",
+            "ci_high",
+            "within_ci",
+        ],
+    )
+
+
+def _cap(positions: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    if len(positions) <= limit:
+        return positions
+    return np.sort(rng.choice(positions, limit, replace=False))
 
 
 def quality_metrics(y: np.ndarray, probabilities: np.ndarray, seed: int = 0) -> dict[str, Any]:
@@ -142,6 +344,8 @@ def quality_metrics(y: np.ndarray, probabilities: np.ndarray, seed: int = 0) -> 
         pick = rng.integers(0, len(y), len(y))
         if 0 < y[pick].sum() < len(pick):
             aucs.append(roc_auc_score(y[pick], probabilities[pick]))
+    if not aucs:  # every resample had one outcome only (a tiny validation cohort)
+        aucs = [float(roc_auc_score(y, probabilities))]
     observed, predicted = calibration_curve(y, probabilities, n_bins=10, strategy="quantile")
     return {
         "roc_auc": float(roc_auc_score(y, probabilities)),
@@ -206,20 +410,32 @@ def model_version(x_train: pd.DataFrame, y_train: np.ndarray) -> str:
 
 
 def calibration_chart(metrics: dict[str, Any]) -> bytes:
-    """PNG of the calibration curve: predicted probability against observed activation."""
+    """PNG: the calibration curve at the main landmark, and expected against observed
+    activation per age band (with the observed rate's 95% interval)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curve = metrics["calibration_curve"]
-    figure, axis = plt.subplots(figsize=(4.5, 4.5), dpi=100)
-    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
-    axis.plot(curve["predicted"], curve["observed"], marker="o", label="model")
-    axis.set_xlabel("predicted activation probability")
-    axis.set_ylabel("observed activation rate")
-    axis.set_title(f"Calibration (ROC AUC {metrics['roc_auc']:.3f})")
-    axis.legend(loc="upper left")
+    bands = pd.DataFrame(metrics.get("reliability_by_age", []))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 4.2), dpi=100)
+    left.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    left.plot(curve["predicted"], curve["observed"], marker="o", label="model")
+    left.set_xlabel("predicted activation probability")
+    left.set_ylabel("observed activation rate")
+    left.set_title(f"At {metrics.get('landmark_hours', 0):g} h (ROC AUC {metrics['roc_auc']:.3f})")
+    left.legend(loc="upper left")
+    if len(bands):
+        x = np.arange(len(bands))
+        below = (bands.observed - bands.ci_low).clip(lower=0)
+        above = (bands.ci_high - bands.observed).clip(lower=0)
+        right.errorbar(x, bands.observed, yerr=[below, above], fmt="o", label="observed (95% CI)")
+        right.plot(x, bands.expected, marker="x", linestyle="none", color="C1", label="expected")
+        right.set_xticks(x, bands.age_band, rotation=45, ha="right")
+        right.legend(loc="upper right")
+    right.set_ylabel("activation before the window closes")
+    right.set_title("Calibration by age (not activated yet)")
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png")
@@ -243,6 +459,15 @@ class ModelStore:
     def promote(self, version: str) -> None:
         (self.root / "current.json").write_text(json.dumps({"version": version}))
 
+    def record_status(self, status: dict[str, Any]) -> None:
+        """The latest training attempt: accepted, refused (and why), or not possible yet."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "status.json").write_text(json.dumps(status, indent=2, default=str))
+
+    def status(self) -> dict[str, Any]:
+        path = self.root / "status.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def current_version(self) -> str | None:
         pointer = self.root / "current.json"
         return json.loads(pointer.read_text())["version"] if pointer.exists() else None
@@ -250,6 +475,18 @@ class ModelStore:
     def load(self, version: str) -> ActivationModel:
         model: ActivationModel = joblib.load(self.root / f"{version}.joblib")
         return model
+
+    def load_current_or_none(self) -> ActivationModel | None:
+        """The accepted model, or None (none accepted yet, or saved in a layout this version
+        of the code cannot score with)."""
+        version = self.current_version()
+        if version is None:
+            return None
+        try:
+            model = self.load(version)
+        except (OSError, AttributeError, ModuleNotFoundError):
+            return None
+        return model if hasattr(model, "validation_features") else None
 
     def load_current(self) -> ActivationModel:
         version = self.current_version()
@@ -261,32 +498,38 @@ class ModelStore:
 
 
 def judge(
-    candidate: ActivationModel,
-    previous: ActivationModel | None,
-    features: pd.DataFrame,
-    rules: ModelRules,
+    candidate: ActivationModel, previous: ActivationModel | None, rules: ModelRules
 ) -> tuple[bool, dict[str, Any]]:
-    """Accept a model above the floor and not clearly worse than the previous version.
-
-    The previous version is scored on the candidate's validation users (`features` holds
-    them), so both are judged on the same, newest cohorts.
-    """
+    """Accept a model above the floor, calibrated in every age band, and not clearly worse
+    than the previous version scored on the candidate's validation rows."""
     auc = candidate.metrics["roc_auc"]
     verdict: dict[str, Any] = {"roc_auc": round(auc, 4), "min_roc_auc": rules.min_roc_auc}
-    passed = auc >= rules.min_roc_auc
+    reasons = []
+    if auc < rules.min_roc_auc:
+        reasons.append(f"ROC AUC {auc:.3f} is below model.min_roc_auc={rules.min_roc_auc}")
+    miscalibrated = candidate.metrics.get("age_bands_miscalibrated", [])
+    if miscalibrated:
+        reasons.append(
+            "expected activation outside the observed 95% interval in age bands "
+            + ", ".join(miscalibrated)
+        )
+    verdict["age_bands_miscalibrated"] = miscalibrated
     if previous is not None and previous.version != candidate.version:
-        validation = features.loc[candidate.validation.index]
+        rows = candidate.validation_features
         try:
-            previous_auc = float(
-                roc_auc_score(validation.label.astype(int), previous.predict(validation))
-            )
-        except KeyError:  # the previous version used columns that no longer exist
+            previous_auc = float(roc_auc_score(rows.label.astype(int), previous.predict(rows)))
+        except (AttributeError, KeyError, ValueError):  # an older layout of the model
             previous_auc = float(previous.metrics["roc_auc"])
         verdict["previous_version"] = previous.version
         verdict["previous_roc_auc"] = round(previous_auc, 4)
         verdict["max_auc_drop"] = rules.max_auc_drop
-        passed = passed and auc >= previous_auc - rules.max_auc_drop
-    return passed, verdict
+        if auc < previous_auc - rules.max_auc_drop:
+            reasons.append(
+                f"ROC AUC {auc:.3f} is more than model.max_auc_drop={rules.max_auc_drop} "
+                f"below the current version's {previous_auc:.3f}"
+            )
+    verdict["reasons"] = reasons
+    return not reasons, verdict
 
 
 def _span(stamps: pd.Series) -> str:

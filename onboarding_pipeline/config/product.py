@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -80,16 +81,51 @@ class ColumnMapping(_Strict):
         return self
 
 
-class IngestionRules(_Strict):
-    """What counts as a bad row."""
+TimestampFormat = Literal["auto", "iso", "epoch_s", "epoch_ms"]
+TIMESTAMP_COLUMNS = ("users.signup_at", "events.timestamp")
 
-    # Events stamped later than the ingestion clock (or `as_of`) plus this are rejected.
+
+class IngestionRules(_Strict):
+    """What counts as a bad row, and how timestamps are read."""
+
+    # Signups and events stamped later than the ingestion clock (or `as_of`) plus this are
+    # rejected (`future_timestamp`).
     future_tolerance_hours: float = Field(default=24.0, ge=0)
     # Events this long before the user's signup are rejected; a little earlier is normal
     # (anonymous activity merged into the account at signup).
     pre_signup_tolerance_hours: float = Field(default=24.0, ge=0)
-    # The blocking check fails when more than this share of event rows is quarantined.
+    # Signups and events before this day (UTC) are rejected (`out_of_range_timestamp`): a
+    # 1970 stamp is a zero epoch or a misread number, not a user.
+    min_timestamp: date = date(1990, 1, 1)
+    # How numbers in a timestamp column are read (ISO-8601 text is always accepted):
+    # auto = magnitude decides (>= 1e11 is milliseconds, else seconds); iso = numbers are
+    # rejected; epoch_s / epoch_ms = every number is seconds / milliseconds since 1970 UTC.
+    timestamp_format: TimestampFormat = "auto"
+    # Per column, overriding `timestamp_format`: {events.timestamp: epoch_ms}.
+    timestamp_formats: dict[str, TimestampFormat] = Field(default_factory=dict)
+    # The blocking check fails when more than this share of the identified event rows (user
+    # id present) is quarantined for any reason: malformed data.
     max_quarantine_share: float = Field(default=0.05, ge=0, le=1)
+    # A separate blocking check for anonymous traffic (`missing_user_id`), as a share of all
+    # event rows read; 1.0 = anonymous events never block.
+    max_anonymous_share: float = Field(default=1.0, ge=0, le=1)
+
+    @field_validator("timestamp_formats")
+    @classmethod
+    def _known_timestamp_columns(
+        cls, value: dict[str, TimestampFormat]
+    ) -> dict[str, TimestampFormat]:
+        unknown = sorted(set(value) - set(TIMESTAMP_COLUMNS))
+        if unknown:
+            raise ValueError(
+                f"unknown timestamp column(s) {', '.join(unknown)} "
+                f"(expected {' or '.join(TIMESTAMP_COLUMNS)})"
+            )
+        return value
+
+    def format_of(self, column: str) -> TimestampFormat:
+        """The format of `users.signup_at` or `events.timestamp`."""
+        return self.timestamp_formats.get(column, self.timestamp_format)
 
 
 class InviteEvents(_Strict):
@@ -121,6 +157,13 @@ class CriticalPathRules(_Strict):
     vanity_min_lift: float = Field(default=1.2, ge=1)
     # At most this many events are modelled (the most common in the horizon).
     max_events: int = Field(default=40, ge=1, le=500)
+    # "No effect" = the total effect's interval lies inside +-log(this odds ratio).
+    equivalence_odds_ratio: float = Field(default=1.25, gt=1, le=5)
+    # Two events done by the same users (Jaccard index at least this) are one action logged
+    # twice: judged once, under the more widespread name.
+    alias_jaccard: float = Field(default=0.95, gt=0.5, le=1)
+    # Regressions use at most this many users per population (a stratified sample beyond).
+    max_regression_users: int = Field(default=20_000, ge=1_000)
 
 
 class KpiTargets(_Strict):
@@ -190,12 +233,20 @@ class ProductConfig(_Strict):
     aha_events: list[str] = Field(min_length=1)
     activation_window_days: int = Field(default=14, ge=1, le=365)
     observation_hours: int = Field(default=72, ge=1, le=24 * 60)
+    # Landmark ladder (hours since signup): each landmark has its own population (window
+    # closed, not activated by the landmark) and its own critical path. Products whose value
+    # comes in the first session need early looks (e.g. [1, 24, 72, 168]). The observation
+    # horizon is always one of them (added when missing); empty = just the horizon.
+    landmark_hours: list[int] = Field(default_factory=list)
     # Sessions are rebuilt per daily partition with one day of context either side, so the
     # inactivity gap must stay below a day.
     session_timeout_minutes: int = Field(default=30, ge=1, le=24 * 60 - 1)
     funnel_steps: list[str] = Field(default_factory=list)
-    # First day of the daily partitions of `raw_events` and `sessions`.
+    # First day of the partitions of `raw_events` and `sessions`.
     partitions_start_date: date = date(2024, 1, 1)
+    # Their size: every partition costs Dagster bookkeeping (~20-50 ms per asset), so years of
+    # history run much faster monthly; daily keeps a nightly run to the last few days.
+    partitions: Literal["daily", "weekly", "monthly"] = "daily"
     # Fixed "now" for replays; by default now is the data's watermark (latest accepted event).
     as_of: datetime | None = None
     column_mapping: ColumnMapping = Field(default_factory=ColumnMapping)
@@ -248,6 +299,26 @@ class ProductConfig(_Strict):
                 list(self.funnel_steps), list(self.aha_events), self.activation_window_days
             )
         }
+
+    @model_validator(mode="after")
+    def _landmarks_fit_the_window(self) -> ProductConfig:
+        window_hours = self.activation_window_days * 24
+        if self.observation_hours >= window_hours:
+            raise ValueError(
+                f"observation_hours ({self.observation_hours}) must be shorter than the "
+                f"activation window ({window_hours} h = activation_window_days x 24)"
+            )
+        for hours in self.landmark_hours:
+            if not 0 < hours < window_hours:
+                raise ValueError(
+                    f"landmark_hours: {hours} must be between 1 and {window_hours - 1} "
+                    "(a landmark after the window closes has nobody left to activate)"
+                )
+        return self
+
+    def landmarks(self) -> list[int]:
+        """The landmark ladder in hours, ascending; always holds `observation_hours`."""
+        return sorted({*self.landmark_hours, self.observation_hours})
 
     @field_validator("as_of")
     @classmethod

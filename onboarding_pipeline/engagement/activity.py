@@ -91,3 +91,20 @@ def activity_expressions(
         sessions=users.sessions.fill_null(0),
     )
     return users, by_event
+
+
+def early_event_reach(features: ir.Table, events: ir.Table, observation_hours: int) -> ir.Table:
+    """Per event: how many users did it in their first `observation_hours` and how many
+    hours after signup on average (first occurrence); what default paths are derived from."""
+    signups = features.select(_user_id=features.user_id, _signup_at=features.signup_at)
+    joined = events.join(signups, events.user_id == signups._user_id)
+    early = joined.filter(
+        (joined.timestamp >= joined._signup_at)
+        & (joined.timestamp < joined._signup_at + ibis.interval(hours=observation_hours))
+    )
+    firsts = early.group_by("user_id", "event_name", "_signup_at").agg(
+        first_at=early.timestamp.min()
+    )
+    hours = (firsts.first_at.epoch_seconds() - firsts._signup_at.epoch_seconds()) / 3600
+    firsts = firsts.mutate(hours=hours)
+    return firsts.group_by("event_name").agg(users=firsts.count(), mean_hours=firsts.hours.mean())

@@ -3,7 +3,8 @@ its ledger and holdout, measured effectiveness, and LLM-written nudges."""
 
 import os
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -22,11 +23,14 @@ from scipy.stats import binomtest
 from onboarding_pipeline.activation.assets import USER_FEATURES, table_to_arrow
 from onboarding_pipeline.activation.features import now_of
 from onboarding_pipeline.config import ProductConfig
+from onboarding_pipeline.config.data_checks import config_event_warnings, event_name_counts
+from onboarding_pipeline.config.engagement import OnboardingPath
 from onboarding_pipeline.engagement.activity import (
     BACKTEST,
     ONBOARDING,
     Activity,
     activity_expressions,
+    early_event_reach,
     people,
 )
 from onboarding_pipeline.engagement.effectiveness import (
@@ -48,13 +52,17 @@ from onboarding_pipeline.engagement.nudge_writer import (
     write_nudges,
 )
 from onboarding_pipeline.engagement.paths import (
+    PathChoice,
     assign_paths,
+    choose_paths,
+    needs_derived_paths,
     next_milestones,
 )
 from onboarding_pipeline.engagement.paths import (
     milestone_progress as progress_of,
 )
 from onboarding_pipeline.engagement.queue import build_queue, text_or_none
+from onboarding_pipeline.engagement.scoring import model_unlock_reason, scoring_mode
 from onboarding_pipeline.engagement.stalls import detect_stalls
 from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
 from onboarding_pipeline.warehouse import WarehouseResource
@@ -77,14 +85,29 @@ GROUP = "engagement"
 LEDGER_KEYS = ["queued_on", "user_id", "experiment"]
 
 
+def engagement_now(warehouse: WarehouseResource, config: ProductConfig) -> datetime:
+    """The data's "now" (`as_of`, else the latest event); with no event at all yet (zero rows
+    are a normal state) the latest signup, else the first partition day: nobody has done
+    anything, so no answer depends on it."""
+    events = warehouse.table(RAW_EVENTS.name)
+    if config.as_of is None and int(warehouse.execute(events.count())) == 0:
+        users = warehouse.table(RAW_USERS.name)
+        latest = warehouse.execute(users.signup_at.max())
+        if latest is not None and latest == latest:
+            return pd.Timestamp(latest).to_pydatetime()
+        return datetime.combine(config.partitions_start_date, time(), UTC)
+    return now_of(events, config, warehouse.connect())
+
+
 def load_activity(
     warehouse: WarehouseResource,
     config: ProductConfig,
+    paths: dict[str, OnboardingPath],
     populations: tuple[str, ...] = (ONBOARDING, BACKTEST),
 ) -> tuple[Activity, datetime]:
     """Users of `populations` with their path, and what they did up to their cutoff."""
     events = warehouse.table(RAW_EVENTS.name)
-    now = now_of(events, config, warehouse.connect())
+    now = engagement_now(warehouse, config)
     who = people(
         warehouse.table(USER_FEATURES),
         warehouse.table(RAW_USERS.name),
@@ -94,8 +117,74 @@ def load_activity(
     who = who.filter(who.population.isin(list(populations)))
     users_expr, by_event_expr = activity_expressions(who, events, warehouse.table(SESSIONS.name))
     users = warehouse.execute(users_expr)
-    users["path"] = assign_paths(users, list(config.segments), config.onboarding_paths())
+    users["path"] = assign_paths(users, list(config.segments), paths)
     return Activity(users, warehouse.execute(by_event_expr)), now
+
+
+def engagement_paths(warehouse: WarehouseResource, config: ProductConfig) -> PathChoice:
+    """The configured paths, or defaults from the funnel steps or from the data (the same
+    in every engagement asset of a run: derived from the same tables)."""
+    if not needs_derived_paths(config):
+        return choose_paths(config, None, 0)
+    features = warehouse.table(USER_FEATURES)
+    reach = warehouse.execute(
+        early_event_reach(features, warehouse.table(RAW_EVENTS.name), config.observation_hours)
+    )
+    return choose_paths(config, reach, int(warehouse.execute(features.count())))
+
+
+def path_metadata(context: AssetExecutionContext, choice: PathChoice) -> dict[str, Any]:
+    """Where the paths came from; a derived default is also a warning in the log."""
+    if choice.source in ("data", "aha_only") and choice.note:
+        context.log.warning(choice.note)
+    metadata: dict[str, Any] = {"paths_source": choice.source}
+    if choice.note:
+        metadata["paths_note"] = MetadataValue.md(choice.note)
+    if choice.source != "configured":
+        metadata["default_path_milestones"] = MetadataValue.json(
+            [m.name for p in choice.paths.values() for m in p.milestones]
+        )
+    return metadata
+
+
+def config_warnings_metadata(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    config: ProductConfig,
+    prefixes: tuple[str, ...],
+) -> dict[str, Any]:
+    """Configured event names under `prefixes` that never occur in raw_events: a warning
+    in the log and the metadata, naming the key, the value and the closest observed names.
+    Defaults nobody wrote are listed apart (a feature without data, not a typo)."""
+    frame = warehouse.execute(event_name_counts(warehouse.table(RAW_EVENTS.name)))
+    observed = {str(n): int(c) for n, c in zip(frame.event_name, frame.events, strict=True)}
+    found = config_event_warnings(config, observed, prefixes, include_notes=True)
+    warnings = [p.message() for p in found if p.severity == "warning"]
+    notes = [p.message() for p in found if p.severity == "note"]
+    for message in warnings:
+        context.log.warning(f"onboarding.yaml: {message}")
+    metadata: dict[str, Any] = {"config_warnings": MetadataValue.json(warnings)}
+    if notes:
+        metadata["default_events_not_in_data"] = MetadataValue.json(notes)
+    return metadata
+
+
+def onboarding_scores(warehouse: WarehouseResource) -> pd.DataFrame:
+    scores = warehouse.table(ACTIVATION_SCORES.name)
+    return warehouse.execute(scores.filter(scores.population == ONBOARDING))
+
+
+def scoring_metadata(
+    context: AssetExecutionContext, scores: pd.DataFrame, models_dir: Path
+) -> dict[str, Any]:
+    """Whether users were judged with the model's probability or by rules, and why."""
+    mode = scoring_mode(scores)
+    metadata: dict[str, Any] = {"scoring": mode}
+    if mode == "rules":
+        reason = model_unlock_reason(models_dir)
+        context.log.warning(f"no activation probabilities ({reason}): health and rules only")
+        metadata["what_would_unlock_the_model"] = reason
+    return metadata
 
 
 def markdown(frame: pd.DataFrame, empty: str = "_no rows_") -> MetadataValue:
@@ -113,15 +202,23 @@ def counts(series: pd.Series) -> MetadataValue:
     metadata=table_definition_metadata(MILESTONE_PROGRESS),
 )
 def milestone_progress(
-    warehouse: WarehouseResource, product_config: ProductConfigResource
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    product_config: ProductConfigResource,
 ) -> MaterializeResult:
     """Per user still onboarding: their path (first matching segment rule), which of its
-    milestones are done and when (on time or late against the due day), and the next one."""
+    milestones are done and when (on time or late against the due day), and the next one.
+    Without `paths` the path comes from `funnel_steps`, else from the most common early
+    events in the data (metadata `paths_note` says which). Milestone events that never occur
+    are warnings."""
     config = product_config.load()
-    activity, now = load_activity(warehouse, config, (ONBOARDING,))
+    choice = engagement_paths(warehouse, config)
+    activity, now = load_activity(warehouse, config, choice.paths, (ONBOARDING,))
     onboarding = activity.users
-    progress = progress_of(onboarding, activity.by_event, config.onboarding_paths())
-    warehouse.replace_all(MILESTONE_PROGRESS.name, table_to_arrow(progress))
+    progress = progress_of(onboarding, activity.by_event, choice.paths)
+    warehouse.replace_all(
+        MILESTONE_PROGRESS.name, table_to_arrow(progress, MILESTONE_PROGRESS.schema)
+    )
     summary = next_milestones(progress) if len(progress) else pd.DataFrame()
     return MaterializeResult(
         metadata={
@@ -133,15 +230,22 @@ def milestone_progress(
             else MetadataValue.json({}),
             "now": now.isoformat(),
             "preview": markdown(progress.head(12)),
+            **path_metadata(context, choice),
+            **config_warnings_metadata(context, warehouse, config, ("paths.",)),
         }
     )
 
 
 def health_table(
-    activity: Activity, scores: pd.DataFrame, config: ProductConfig, now: datetime
+    activity: Activity,
+    scores: pd.DataFrame,
+    config: ProductConfig,
+    now: datetime,
+    paths: dict[str, OnboardingPath] | None = None,
 ) -> pd.DataFrame:
-    """Health of both populations, each as of its own cutoff, with the model's probability."""
-    paths = config.onboarding_paths()
+    """Health of both populations, each as of its own cutoff, with the model's probability
+    (missing without an accepted model: the components never need it)."""
+    paths = paths if paths is not None else config.onboarding_paths()
     users = activity.users
     progress = progress_of(users, activity.by_event, paths)
     table = health_components(users, activity.by_event, progress, config.health, paths)
@@ -172,6 +276,7 @@ def health_scores(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
     product_config: ProductConfigResource,
+    outputs: OutputDirResource,
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """Health 0-100 from activation speed, feature adoption, engagement frequency and
     milestone completion (configurable weights), the risk level, and the model's activation
@@ -180,13 +285,15 @@ def health_scores(
     Back-test: the same score computed for closed-window users as of the end of their early
     horizon, against what happened next: ROC AUC of the health score and of the model's
     probability (on the same validation users), activation rate by risk level, and weights
-    fitted from outcomes next to the configured ones.
+    fitted from outcomes next to the configured ones. Without an accepted model the
+    probability stays empty and the metadata says what would unlock it.
     """
     config = product_config.load()
-    activity, now = load_activity(warehouse, config)
+    choice = engagement_paths(warehouse, config)
+    activity, now = load_activity(warehouse, config, choice.paths)
     scores = warehouse.execute(warehouse.table(ACTIVATION_SCORES.name))
-    table = health_table(activity, scores, config, now)
-    warehouse.replace_all(HEALTH_SCORES.name, table_to_arrow(table))
+    table = health_table(activity, scores, config, now, choice.paths)
+    warehouse.replace_all(HEALTH_SCORES.name, table_to_arrow(table, HEALTH_SCORES.schema))
     past = table[table.population == BACKTEST]
     result = backtest(past, config.health) if past.label.nunique() == 2 else None
     current = table[table.population == ONBOARDING]
@@ -198,9 +305,13 @@ def health_scores(
         "mean_components_onboarding": MetadataValue.json(
             {c: round(float(current[c].mean()), 3) for c in COMPONENTS} if len(current) else {}
         ),
-        "adoption_events": MetadataValue.json(
-            adoption_events(config.health, config.onboarding_paths())
-        ),
+        "adoption_events": MetadataValue.json(adoption_events(config.health, choice.paths)),
+        "adoption_events_source": "health.adoption_events"
+        if config.health.adoption_events
+        else f"every milestone event of the paths ({choice.source})",
+        **path_metadata(context, choice),
+        **scoring_metadata(context, onboarding_scores(warehouse), Path(outputs.path) / "models"),
+        **config_warnings_metadata(context, warehouse, config, ("health.",)),
     }
     if result is None:
         metadata["backtest"] = MetadataValue.md(
@@ -234,17 +345,21 @@ def health_scores(
     metadata=table_definition_metadata(STALLED_USERS),
 )
 def stalled_users(
-    warehouse: WarehouseResource, product_config: ProductConfigResource
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    product_config: ProductConfigResource,
 ) -> MaterializeResult:
     """Who is stalled (no engagement for `stall.inactive_hours`, or a started milestone not
     completed) and why: evidence (last event and its time, current step, days since signup)
-    and one failure label (access block, invite failure, generic-tour trap, no-show, other)."""
+    and one failure label (access block, invite failure, generic-tour trap, no-show, other).
+    Invite and stall events that never occur are warnings. Nobody onboarding: no rows."""
     config = product_config.load()
-    activity, now = load_activity(warehouse, config, (ONBOARDING,))
+    choice = engagement_paths(warehouse, config)
+    paths = choice.paths
+    activity, now = load_activity(warehouse, config, paths, (ONBOARDING,))
     onboarding = activity.users
     progress = warehouse.execute(warehouse.table(MILESTONE_PROGRESS.name))
     steps = next_milestones(progress) if len(progress) else _no_steps()
-    paths = config.onboarding_paths()
     core = [*adoption_events(config.health, paths)]
     core += [e for p in paths.values() for m in p.milestones for e in m.events]
     table = detect_stalls(
@@ -256,8 +371,8 @@ def stalled_users(
         list(dict.fromkeys(core)),
         now,
     )
-    warehouse.replace_all(STALLED_USERS.name, table_to_arrow(table))
-    stalled = table[table.stalled]
+    warehouse.replace_all(STALLED_USERS.name, table_to_arrow(table, STALLED_USERS.schema))
+    stalled = table[table.stalled.astype(bool)]
     return MaterializeResult(
         metadata={
             "dagster/row_count": len(table),
@@ -266,7 +381,11 @@ def stalled_users(
             "by_failure_label": counts(stalled.failure_label),
             "by_stall_kind": counts(stalled.stall_kind),
             "preview": markdown(
-                stalled[["user_id", "failure_label", "current_step", "evidence"]].head(10)
+                stalled[["user_id", "failure_label", "current_step", "evidence"]].head(10),
+                "_nobody stalled_" if len(table) else "_nobody onboarding_",
+            ),
+            **config_warnings_metadata(
+                context, warehouse, config, ("invite_events.", "interventions.stall.")
             ),
         }
     )
@@ -321,13 +440,15 @@ def intervention_queue(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
     product_config: ProductConfigResource,
+    outputs: OutputDirResource,
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """One row per user who needs action now: the next action, its type, channel, owner,
     escalation step, the evidence in words, a template message, holdout and priority.
 
     Also appends today's rows to `intervention_ledger` (append-only: a rerun of the day adds
     nothing) after filling the outcomes that became known; the ledger is what cooldown and
-    escalation read on the next days.
+    escalation read on the next days. Without an accepted model the type and priority come
+    from the health score and days since signup (metadata `scoring: rules`).
     """
     config = product_config.load()
     rules = config.interventions
@@ -342,16 +463,20 @@ def intervention_queue(
         stalls.drop(columns=["path", "days_since_signup"]), on="user_id", how="left"
     )
     users = users.merge(names, on="user_id", how="left")
-    now = now_of(warehouse.table(RAW_EVENTS.name), config, warehouse.connect())
+    now = engagement_now(warehouse, config)
     uplift = measured_uplift(compare_arms(first_assignments(history)))
-    paths = config.onboarding_paths()
+    paths = engagement_paths(warehouse, config).paths
     final = f"Reach the aha moment: {config.aha_events[0].replace('_', ' ')}"
     queue = build_queue(users, history, rules, paths, now, uplift, final, rules.nudges.language)
-    warehouse.replace_all(INTERVENTION_QUEUE.name, table_to_arrow(queue))
+    warehouse.replace_all(INTERVENTION_QUEUE.name, table_to_arrow(queue, INTERVENTION_QUEUE.schema))
     entries = queue.assign(
         outcome=None, outcome_at=pd.Series(pd.NaT, index=queue.index, dtype="datetime64[ns, UTC]")
     )
-    added = warehouse.insert_missing(INTERVENTION_LEDGER.name, table_to_arrow(entries), LEDGER_KEYS)
+    added = warehouse.insert_missing(
+        INTERVENTION_LEDGER.name,
+        table_to_arrow(entries, INTERVENTION_LEDGER.schema),
+        LEDGER_KEYS,
+    )
     context.log.info(f"{len(queue)} users queued; {added} new ledger rows")
 
     past = warehouse.table(HEALTH_SCORES.name)
@@ -375,10 +500,14 @@ def intervention_queue(
             "backtest_activation_rate_other": float(past.label[~high].mean())
             if (~high).any()
             else None,
+            **scoring_metadata(
+                context, onboarding_scores(warehouse), Path(outputs.path) / "models"
+            ),
             "preview": markdown(
                 queue[
                     ["user_id", "next_action", "intervention_type", "channel", "owner", "holdout"]
-                ].head(10)
+                ].head(10),
+                "_nobody needs an intervention today_",
             ),
         }
     )
@@ -415,7 +544,9 @@ def intervention_effectiveness(
     config = product_config.load()
     assignments = first_assignments(ledger_history(warehouse, config.interventions.experiment))
     table = compare_arms(assignments)
-    warehouse.replace_all(INTERVENTION_EFFECTIVENESS.name, table_to_arrow(table))
+    warehouse.replace_all(
+        INTERVENTION_EFFECTIVENESS.name, table_to_arrow(table, INTERVENTION_EFFECTIVENESS.schema)
+    )
     overall = table[table.segment_type == "overall"]
     known = int(assignments.outcome.notna().sum()) if len(assignments) else 0
     return MaterializeResult(
@@ -487,7 +618,7 @@ def nudges(
             "written_at": written_at,
         }
     )
-    warehouse.replace_all(NUDGES.name, table_to_arrow(table))
+    warehouse.replace_all(NUDGES.name, table_to_arrow(table, NUDGES.schema))
     if client is None:
         context.log.info("ANTHROPIC_API_KEY is not set: every nudge is a template message")
     return MaterializeResult(
@@ -529,11 +660,18 @@ def run_summary_lines(warehouse: WarehouseResource) -> list[str]:
     )
     queue = warehouse.execute(warehouse.table(INTERVENTION_QUEUE.name).select("holdout", "channel"))
     nudge_sources = warehouse.execute(warehouse.table(NUDGES.name).select("message_source"))
+    mode = scoring_mode(onboarding_scores(warehouse))
+    judged = {
+        "model": "activation probabilities of the model, with health",
+        "rules": "rules: health score and days since signup (no accepted activation model)",
+        "nobody_onboarding": "nobody onboarding",
+    }[mode]
 
     def spread(series: pd.Series) -> str:
         return ", ".join(f"{k}={v}" for k, v in series.value_counts().items()) or "-"
 
     return [
+        f"  engagement judged:  {judged}",
         f"  health (onboarding): {len(current)} users ({spread(current.risk_level)} risk)",
         f"  stalled users:      {int(stalls.stalled.sum())} "
         f"({spread(stalls.failure_label.dropna())})",

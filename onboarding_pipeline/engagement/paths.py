@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from onboarding_pipeline.config.engagement import OnboardingPath, SegmentRule
+from onboarding_pipeline.config import ProductConfig
+from onboarding_pipeline.config.engagement import OnboardingPath, SegmentRule, default_path
+
+# A path derived from the data (no `paths`, no `funnel_steps`) has this many milestones
+# before the aha event: the most common early events ...
+DERIVED_MILESTONES = 5
+# ... leaving out events nearly everyone does (a signup or page view separates nobody).
+UBIQUITOUS_SHARE = 0.95
 
 PROGRESS_COLUMNS = [
     "user_id",
@@ -121,3 +130,76 @@ def next_milestones(progress: pd.DataFrame) -> pd.DataFrame:
     for column in ("milestone", "milestone_label", "due_at", "started_at"):
         summary[f"next_{column}"] = upcoming[column].reindex(summary.index)
     return summary.reset_index()
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    """The paths engagement follows and where they came from."""
+
+    paths: dict[str, OnboardingPath]
+    source: str  # configured | funnel_steps | data | aha_only
+    note: str | None = None  # what was derived, in words (None when configured)
+
+
+def needs_derived_paths(config: ProductConfig) -> bool:
+    """No `paths` and no funnel step besides the aha events: the default path would be the
+    aha event alone, which no user still onboarding has done (health 0 for everyone)."""
+    return not config.paths and not [s for s in config.funnel_steps if s not in config.aha_events]
+
+
+def choose_paths(config: ProductConfig, reach: pd.DataFrame | None, users: int) -> PathChoice:
+    """`paths` when configured; else one `standard` path from `funnel_steps` and the aha
+    event; else one derived from the data: the `DERIVED_MILESTONES` events most users do in
+    their first `observation_hours` (aha events and events done by `UBIQUITOUS_SHARE` or more
+    of users left out), ordered by when they are done on average, then the aha event.
+
+    `reach`: event_name, users, mean_hours (`activity.early_event_reach`); `users`: how many
+    users it was measured on."""
+    if config.paths:
+        return PathChoice(dict(config.paths), "configured")
+    if not needs_derived_paths(config):
+        return PathChoice(
+            config.onboarding_paths(),
+            "funnel_steps",
+            "no `paths` in onboarding.yaml: one `standard` path of the `funnel_steps`, then "
+            "the aha event",
+        )
+    candidates = (
+        reach[~reach.event_name.isin(config.aha_events)]
+        if reach is not None and users
+        else pd.DataFrame(columns=["event_name", "users", "mean_hours"])
+    )
+    share = candidates.users / max(users, 1)
+    informative = candidates[share < UBIQUITOUS_SHARE]
+    picked = (informative if len(informative) else candidates).sort_values(
+        ["users", "event_name"], ascending=[False, True], kind="stable"
+    )
+    picked = picked.head(DERIVED_MILESTONES).sort_values(
+        ["mean_hours", "event_name"], kind="stable"
+    )
+    aha = config.aha_events[0]
+    if picked.empty:
+        return PathChoice(
+            config.onboarding_paths(),
+            "aha_only",
+            f"no `paths` or `funnel_steps` in onboarding.yaml and no early events to derive "
+            f"milestones from yet: the only milestone is the aha event {aha!r}",
+        )
+    steps = [str(name) for name in picked.event_name]
+    path = default_path(steps, list(config.aha_events), config.activation_window_days)
+    path = path.model_copy(
+        update={"description": "Derived from the data: the most common early events, then aha"}
+    )
+    left_out = sorted(candidates.event_name[share >= UBIQUITOUS_SHARE]) if len(informative) else []
+    described = ", ".join(
+        f"{name} ({count / users:.0%})"
+        for name, count in zip(picked.event_name, picked.users, strict=True)
+    )
+    note = (
+        f"no `paths` or `funnel_steps` in onboarding.yaml: the `standard` path was derived from "
+        f"the data: the {len(steps)} events most users do in their first "
+        f"{config.observation_hours} h ({described}), then the aha event {aha!r}"
+        + (f"; left out as done by nearly everyone: {', '.join(left_out)}" if left_out else "")
+        + ". Set `paths` (or `funnel_steps`) in onboarding.yaml to choose the milestones."
+    )
+    return PathChoice({"standard": path}, "data", note)

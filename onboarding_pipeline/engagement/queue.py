@@ -3,9 +3,10 @@
 Who: users still onboarding who are stalled, at a queued risk level, or at a planned
 touchpoint day of their path. What: the fix for
 their failure label when one is configured, else the next missing milestone of their path.
-How urgently: `urgent` (low activation probability, several days in), `guide` (first days),
-else `nudge`. Where: the escalation ladder (in-app, email, human) one step per send, email
-from `email_from_day`, and a human straight away when the evidence shows an access problem.
+How urgently: `urgent` (low activation probability, several days in; without an accepted
+model: high risk by the health score, several days in), `guide` (first days), else `nudge`.
+Where: the escalation ladder (in-app, email, human) one step per send, email from
+`email_from_day`, and a human straight away when the evidence shows an access problem.
 Never twice: users in cooldown, or already handed to a human for the same action, are left
 out; the ledger of earlier days is the memory. A deterministic hash of experiment and user id
 puts `holdout_fraction` of them in the control group: recorded, never messaged.
@@ -70,10 +71,29 @@ def in_holdout(user_ids: Iterable[str], experiment: str, fraction: float) -> np.
 
 
 def intervention_type(
-    probability: pd.Series, days: pd.Series, rules: InterventionRules
+    probability: pd.Series,
+    days: pd.Series,
+    rules: InterventionRules,
+    risk_level: pd.Series | None = None,
 ) -> np.ndarray:
-    urgent = (probability < rules.urgent_below_probability) & (days >= rules.urgent_after_days)
-    return np.select([urgent, days < rules.guide_until_days], ["urgent", "guide"], "nudge")
+    """urgent: activation probability below `urgent_below_probability` and at least
+    `urgent_after_days` since signup; without a probability (no accepted model) the health
+    score stands in: high risk and at least `urgent_after_days`. guide: fewer than
+    `guide_until_days` since signup. nudge: everyone else."""
+    days = days.astype(float)
+    unlikely = (probability < rules.urgent_below_probability).to_numpy(dtype=bool)
+    if risk_level is not None:
+        by_health = (risk_level == "high").to_numpy(dtype=bool)
+        unlikely = np.where(probability.isna().to_numpy(), by_health, unlikely)
+    urgent = unlikely & (days >= rules.urgent_after_days).to_numpy(dtype=bool)
+    guide = (days < rules.guide_until_days).to_numpy(dtype=bool)
+    return np.select([urgent, guide], ["urgent", "guide"], "nudge")
+
+
+def expected_activation(probability: pd.Series, health_score: pd.Series) -> pd.Series:
+    """The model's activation probability; without one (no accepted model), the health score
+    as a stand-in (health / 100): what priorities rank the room left to activate by."""
+    return probability.astype(float).fillna(health_score.astype(float).clip(0, 100) / 100)
 
 
 def owner_of(
@@ -165,7 +185,7 @@ def build_queue(
 
     days = wanted.days_since_signup
     probability = wanted.activation_probability
-    wanted["intervention_type"] = intervention_type(probability.fillna(1.0), days, rules)
+    wanted["intervention_type"] = intervention_type(probability, days, rules, wanted.risk_level)
     ladder = rules.ladder
     channels = []
     for row in records(wanted):
@@ -205,8 +225,9 @@ def build_queue(
     wanted["holdout"] = in_holdout(wanted.user_id, rules.experiment, rules.holdout_fraction)
     uplift = wanted.intervention_type.map(lambda t: uplift_by_type.get(t, rules.assumed_uplift))
     # Expected gain in activation: the uplift of this kind of intervention times the room the
-    # user has left to activate.
-    wanted["priority"] = (uplift * (1 - probability.fillna(0.5))).round(4)
+    # user has left to activate (from the health score when there is no probability).
+    likely = expected_activation(probability, wanted.health_score)
+    wanted["priority"] = (uplift * (1 - likely)).round(4)
     wanted["message"] = [
         None
         if row["holdout"]

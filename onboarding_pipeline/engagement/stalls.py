@@ -55,7 +55,10 @@ def detect_stalls(
     """One row per user still onboarding (`users`: user_id, path, signup_at, sessions;
     `next_steps`: per user the next milestone, from `paths.next_milestones`)."""
     if users.empty:
-        return pd.DataFrame(columns=STALL_COLUMNS)
+        # Nobody onboarding: no rows, but typed columns (a boolean `stalled` filters).
+        return pd.DataFrame(columns=STALL_COLUMNS).astype(
+            {"stalled": bool, "days_since_signup": float, "hours_inactive": float}
+        )
     stall = rules.stall
     now_ts = pd.Timestamp(now)
     ids = pd.Index(users.user_id)

@@ -1,8 +1,14 @@
-"""Data-quality queries behind the ingestion checks; each returns what it found wrong."""
+"""Data-quality queries behind the ingestion checks; each returns what it found wrong.
+
+Sums over an empty table are NULL in SQL (NaN here): counted as 0, since an empty window or
+table is a normal state, not a violation.
+"""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
+from typing import Any
 
 import ibis
 
@@ -19,7 +25,18 @@ def user_key_violations(warehouse: WarehouseResource) -> dict[str, int]:
             repeated_user_id=users.count() - users.user_id.nunique(),
         )
     ).iloc[0]
-    return {name: int(value) for name, value in found.items() if value}
+    return _nonzero(found.items())
+
+
+def _nonzero(found: Any) -> dict[str, int]:
+    counts = {name: _as_count(value) for name, value in found}
+    return {name: count for name, count in counts.items() if count}
+
+
+def _as_count(value: Any) -> int:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return 0
+    return int(value)
 
 
 def event_key_violations(
@@ -35,7 +52,7 @@ def event_key_violations(
             }
         )
     ).iloc[0]
-    problems = {name: int(value) for name, value in missing.items() if value}
+    problems = _nonzero(missing.items())
     expected = set(RAW_EVENTS.schema.names)
     actual = set(events.columns)
     if expected != actual:
@@ -45,7 +62,7 @@ def event_key_violations(
 
 def duplicate_event_ids(warehouse: WarehouseResource) -> int:
     events = warehouse.table(RAW_EVENTS.name)
-    return int(warehouse.execute(events.count() - events.event_id.nunique()))
+    return _as_count(warehouse.execute(events.count() - events.event_id.nunique()))
 
 
 def event_bounds_violations(
@@ -68,4 +85,4 @@ def event_bounds_violations(
             unknown_user=joined.signup_at.isnull().sum(),
         )
     ).iloc[0]
-    return {name: int(value) for name, value in found.items() if value}
+    return _nonzero(found.items())

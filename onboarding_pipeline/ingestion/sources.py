@@ -8,6 +8,7 @@ from typing import Protocol
 
 from dagster import ConfigurableResource
 
+from onboarding_pipeline.config.product import EVENT_COLUMNS, USER_COLUMNS
 from onboarding_pipeline.ingestion.readers import (
     SUPPORTED_SUFFIXES,
     InputError,
@@ -51,22 +52,28 @@ class FileSource(SourceResource):
         return Path(self.data_dir)
 
     def users_files(self) -> list[Path]:
+        """The users file(s); none (signups then come from first events) only when there are
+        events files to derive them from."""
         found = [self.root / f"users{suffix}" for suffix in SUPPORTED_SUFFIXES]
         found = [path for path in found if path.is_file()]
-        if not found:
+        if not found and not self._events_candidates():
             raise InputError(
-                f"{self.root}: no users file (expected users.csv, users.parquet or users.jsonl); "
-                "set ONBOARDING_DATA_DIR to the directory that holds your export"
+                f"{self.root}: no users file (expected users.csv, users.parquet or users.jsonl) "
+                "and no events file; set ONBOARDING_DATA_DIR to the directory that holds your "
+                "export"
             )
         return found
 
-    def events_files(self) -> list[Path]:
+    def _events_candidates(self) -> list[Path]:
         candidates = [*self.root.glob("events*"), *(self.root / "events").glob("**/*")]
-        found = sorted(
+        return sorted(
             path
             for path in candidates
             if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES
         )
+
+    def events_files(self) -> list[Path]:
+        found = self._events_candidates()
         if not found:
             raise InputError(
                 f"{self.root}: no events file (expected events.csv, events.parquet, events.jsonl "
@@ -75,10 +82,23 @@ class FileSource(SourceResource):
         return found
 
     def read_users(self, mapping: dict[str, str]) -> list[StagedFile]:
-        return [self._read(path, mapping, USERS_REQUIRED) for path in self.users_files()]
+        return [
+            self._read(path, mapping, USERS_REQUIRED, USER_COLUMNS) for path in self.users_files()
+        ]
 
     def read_events(self, mapping: dict[str, str]) -> list[StagedFile]:
-        return [self._read(path, mapping, EVENTS_REQUIRED) for path in self.events_files()]
+        return [
+            self._read(path, mapping, EVENTS_REQUIRED, EVENT_COLUMNS)
+            for path in self.events_files()
+        ]
 
-    def _read(self, path: Path, mapping: dict[str, str], required: tuple[str, ...]) -> StagedFile:
-        return read_file(path, mapping, required, source=str(path.relative_to(self.root)))
+    def _read(
+        self,
+        path: Path,
+        mapping: dict[str, str],
+        required: tuple[str, ...],
+        contract: tuple[str, ...],
+    ) -> StagedFile:
+        return read_file(
+            path, mapping, required, source=str(path.relative_to(self.root)), contract=contract
+        )

@@ -19,10 +19,13 @@ from dagster import (
 )
 
 from onboarding_pipeline.activation.assets import png_markdown
+from onboarding_pipeline.activation.model import ModelStore
 from onboarding_pipeline.config import ProductConfig
+from onboarding_pipeline.engagement.scoring import model_unlock_reason
 from onboarding_pipeline.reporting.delivery import deliver_report
 from onboarding_pipeline.reporting.mail import EmailResource
 from onboarding_pipeline.reporting.report import (
+    NOT_ENOUGH_DATA,
     gather_report,
     load_report,
     render_markdown,
@@ -198,6 +201,14 @@ def delivery_lines(sent: list[str], outbox: list[str], skipped: list[str]) -> li
     ]
 
 
+def model_run_lines(models_dir: Path) -> list[str]:
+    """Without an accepted model: the report's model sections say "Not enough data yet", and
+    this line says what would unlock them."""
+    if ModelStore(models_dir).current_version() is not None:
+        return []
+    return [f"  model sections:     {NOT_ENOUGH_DATA}: {model_unlock_reason(models_dir)}"]
+
+
 def add_reporting(defs: Definitions, partitions: WeeklyPartitionsDefinition) -> Definitions:
     """`defs` plus the reporting assets, depending on the report inputs `defs` defines."""
     reporting = build_reporting_assets(partitions, list(defs.assets or []))
@@ -220,15 +231,18 @@ def watermark_week(partitions: object, span: tuple[str, str] | None) -> str | No
 
 
 def report_run_lines(output_dir: Path, warehouse: WarehouseResource, week: str) -> list[str]:
-    """Summary lines of `onboarding-pipeline run`: the report files and where deliveries went."""
+    """Summary lines of `onboarding-pipeline run`: the report files, what would unlock the
+    model sections when no model is accepted, and where deliveries went."""
     folder = output_dir / "reports" / week
     html = folder / "report.html"
+    unlock = model_run_lines(output_dir / "models")
     if not html.exists():
-        return [f"  weekly report:      not written for week {week}"]
+        return [f"  weekly report:      not written for week {week}", *unlock]
     charts = sorted(path.name for path in folder.glob("*.png"))
     lines = [
         f"  weekly report:      {html} (week {week}; also report.md"
-        + (f", {', '.join(charts)})" if charts else ")")
+        + (f", {', '.join(charts)})" if charts else ")"),
+        *unlock,
     ]
     ledger = warehouse.table(REPORT_DELIVERIES.name)
     rows = warehouse.execute(ledger.filter(ledger.report_week == week))

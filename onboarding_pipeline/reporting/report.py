@@ -16,7 +16,9 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from onboarding_pipeline.activation.model import ModelStore
 from onboarding_pipeline.config import ProductConfig
+from onboarding_pipeline.engagement.scoring import model_unlock_reason, scoring_mode
 from onboarding_pipeline.warehouse import WarehouseResource
 
 NOT_ENOUGH_DATA = "Not enough data yet"
@@ -59,6 +61,9 @@ class ReportData:
     at_risk: list[dict[str, Any]] | None = None
     queue: dict[str, Any] | None = None
     effectiveness: list[dict[str, Any]] | None = None
+    # Set when users still onboarding have no activation probability: how they were judged
+    # instead (health score and rules) and what would unlock the model.
+    scoring_note: str | None = None
     review: list[dict[str, Any]] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
 
@@ -189,38 +194,30 @@ def gather_report(
         data.funnel = None
         missing["funnel"] = "the funnel table is empty (no funnel_steps configured or no run yet)"
 
-    paths = read_table(
-        warehouse,
-        "critical_path",
-        [
-            "segment_type",
-            "event_name",
-            "classification",
-            "users_with_event",
-            "activation_rate_with",
-            "activation_rate_without",
-            "lift",
-            "adjusted_effect",
-            "adjusted_q_value",
-        ],
-        tables,
-    )
+    paths = read_critical_path(warehouse, tables, config.observation_hours)
     data.critical_path = _critical_path(paths, settings.top_events)
     if data.critical_path is None:
-        missing["critical_path"] = "no events have been judged yet"
+        missing["critical_path"] = (
+            "no events have been judged yet (no closed-window users who had not activated by "
+            f"hour {config.observation_hours})"
+        )
 
-    data.model = _model(output_dir / "models")
+    models = output_dir / "models"
+    data.model = _model(models)
     if data.model is None:
-        missing["model"] = "no activation model has been accepted yet"
+        missing["model"] = model_unlock_reason(models)
     data.drift = _drift(data.base_rate, data.model)
     if not data.base_rate:
         data.base_rate = None
         missing["base_rate"] = "no signup cohort has a closed activation window yet"
 
+    data.scoring_note = _scoring_note(warehouse, tables, models)
     data.at_risk = _at_risk(warehouse, tables)
     if data.at_risk is None:
         missing["at_risk"] = (
-            "the engagement tables (stalled_users, health_scores) are empty or not built yet"
+            "nobody is onboarding right now (every signup has activated or their window has closed)"
+            if _nobody_onboarding(warehouse, tables)
+            else "the engagement tables (stalled_users, health_scores) are empty or not built yet"
         )
     data.queue = _queue(warehouse, tables)
     if data.queue is None:
@@ -259,6 +256,72 @@ def gather_report(
             "no KPI misses its target and there are no funnel, critical-path or engagement findings"
         )
     return data
+
+
+CRITICAL_PATH_SHOWN = [
+    "segment_type",
+    "event_name",
+    "classification",
+    "users_with_event",
+    "activation_rate_with",
+    "activation_rate_without",
+    "lift",
+]
+# The effect the report ranks by, newest layout first: the total effect (adjusted for
+# segments, engagement and earlier events), or the adjusted effect of older tables.
+EFFECT_COLUMNS = (("total_effect", "total_q_value"), ("adjusted_effect", "adjusted_q_value"))
+
+
+def read_critical_path(
+    warehouse: WarehouseResource, tables: set[str], main_landmark: int
+) -> pd.DataFrame | None:
+    """The critical path at the main landmark (the observation horizon), with its effect as
+    `adjusted_effect` / `adjusted_q_value`; None when empty or not built."""
+    if "critical_path" not in tables:
+        return None
+    columns = set(warehouse.table("critical_path").columns)
+    for effect, q_value in EFFECT_COLUMNS:
+        if {effect, q_value} <= columns:
+            break
+    else:
+        return None
+    landmark = ["landmark_hours"] if "landmark_hours" in columns else []
+    frame = read_table(
+        warehouse, "critical_path", [*CRITICAL_PATH_SHOWN, effect, q_value, *landmark], tables
+    )
+    if frame is None:
+        return None
+    if landmark:
+        frame = frame[frame.landmark_hours == main_landmark].drop(columns="landmark_hours")
+    frame = frame.rename(columns={effect: "adjusted_effect", q_value: "adjusted_q_value"})
+    return frame if len(frame) else None
+
+
+def _onboarding_scores(warehouse: WarehouseResource, tables: set[str]) -> pd.DataFrame | None:
+    if "activation_scores" not in tables:
+        return None
+    scores = warehouse.table("activation_scores")
+    if not {"population", "activation_probability"} <= set(scores.columns):
+        return None
+    rows = scores.filter(scores.population == "onboarding").select("activation_probability")
+    return warehouse.execute(rows)
+
+
+def _scoring_note(warehouse: WarehouseResource, tables: set[str], models: Path) -> str | None:
+    """What stands in for the model when users still onboarding have no probability."""
+    scores = _onboarding_scores(warehouse, tables)
+    if scores is None or scoring_mode(scores) != "rules":
+        return None
+    return (
+        f"No activation probabilities this week ({model_unlock_reason(models)}). Risk levels, "
+        "intervention types and priorities come from the health score and days since signup."
+    )
+
+
+def _nobody_onboarding(warehouse: WarehouseResource, tables: set[str]) -> bool:
+    scores = _onboarding_scores(warehouse, tables)
+    built = "user_features" in tables
+    return built and scores is not None and scoring_mode(scores) == "nobody_onboarding"
 
 
 def clean_value(value: Any) -> Any:
@@ -341,7 +404,12 @@ def _funnel(
         return [], None
     overall = funnel[funnel.segment_type == "overall"].sort_values("step_index")
     rows = _records(overall.drop(columns=["segment_type"]))
-    later = overall[(overall.step_index > 1) & (overall.users_at_previous > 0)]
+    later = overall[
+        (overall.step_index > 1)
+        & (overall.users_at_previous > 0)
+        & overall.drop_off_rate.notna()
+        & overall.dropped.notna()
+    ]
     worst = None
     if not later.empty:
         step = later.iloc[int(later.drop_off_rate.to_numpy().argmax())]
@@ -394,7 +462,11 @@ def _model(folder: Path) -> dict[str, Any] | None:
         return None
     metrics = json.loads(metrics_file.read_text())
     low, high = metrics.get("roc_auc_ci", [None, None])
+    latest = ModelStore(folder).status()
+    refused = latest.get("accepted") is False and latest.get("version") != version
     return {
+        # The newest training attempt, when it was refused (this version stays in use).
+        "latest_attempt": latest.get("reason") if refused else None,
         "version": version,
         "roc_auc": metrics.get("roc_auc"),
         "roc_auc_ci_low": low,
@@ -661,15 +733,15 @@ def base_rate_png(base_rate: list[dict[str, Any]], train_rate: float | None) -> 
     """Activation rate per signup cohort with its 95% interval and the model's training rate."""
     plt = _pyplot()
     cohorts = [row["cohort"] for row in base_rate]
-    rates = [row["rate"] for row in base_rate]
-    low = [
-        row["rate"] - (row["ci_low"] if row["ci_low"] is not None else row["rate"])
-        for row in base_rate
-    ]
-    high = [
-        (row["ci_high"] if row["ci_high"] is not None else row["rate"]) - row["rate"]
-        for row in base_rate
-    ]
+    rates = [min(max(row["rate"], 0.0), 1.0) for row in base_rate]
+    low, high = [], []
+    for rate, row in zip(rates, base_rate, strict=True):
+        # Bounds clipped to [0, 1] and to the rate: a Wilson bound of -1e-17 (float rounding
+        # at a rate of 0 or 1) would be a negative error bar, which matplotlib rejects.
+        ci_low = rate if row["ci_low"] is None else min(max(row["ci_low"], 0.0), rate)
+        ci_high = rate if row["ci_high"] is None else max(min(row["ci_high"], 1.0), rate)
+        low.append(rate - ci_low)
+        high.append(ci_high - rate)
     figure, axis = plt.subplots(figsize=(6.5, 3.2), dpi=100)
     axis.errorbar(cohorts, rates, yerr=[low, high], fmt="o-", color="#4c78a8", capsize=3)
     if train_rate is not None:

@@ -9,7 +9,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from onboarding_pipeline.sample_data.generator import DEFAULT_NOW, FORMATS, generate_sample
+from onboarding_pipeline.sample_data.generator import (
+    DEFAULT_NOW,
+    EFFECTS,
+    FORMATS,
+    generate_sample,
+)
 
 
 def _parse_now(text: str) -> datetime:
@@ -58,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="inject duplicate and invalid rows (default: on)",
     )
+    parser.add_argument(
+        "--inside-horizon-share",
+        type=float,
+        default=0.5,
+        help="share of within-window activators who activate inside the first 72 h "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--effects",
+        choices=EFFECTS,
+        default="planted",
+        help="'none' gives a pure-noise world: no event and no trait moves activation",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return parser
 
@@ -75,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         signup_days=args.signup_days,
         dirty=args.dirty,
         progress=not args.quiet,
+        inside_horizon_share=args.inside_horizon_share,
+        effects=args.effects,
     )
     if not args.quiet:
         data = summary.to_json_dict()

@@ -6,30 +6,71 @@ compute kernels and streams them to disk. Because every block is always simulate
 only then truncated, user ``i`` gets the same events whatever the total number of users: a
 smaller sample is a prefix of a larger one (clean rows only; dirty rows depend on the size).
 
-Generative story (all times in integer milliseconds since the epoch):
+Generative story (all times in integer milliseconds since the epoch; H = the 72 h observation
+horizon, W = the 14-day activation window):
 
-* each user has segment attributes and a latent engagement ``z`` (segment terms + noise);
-* early behaviour (everything in the first 72 h: events, sessions, times, even property values
-  and timestamp styles) is drawn from probabilities increasing in ``z``; blockers depend on
-  segment only;
-* churners are chosen from ``z`` and the early counts only (low engagement and few early
-  events; always those who did nothing but sign up): their whole early behaviour is a single
-  session and they do not come back on their own. Everyone else has at least two sessions in
-  the first 72 h, so "a single early session" is exactly the churners;
-* only then is activation drawn, ``planted_activator ~ Bernoulli(p)`` with
-  ``p = true_activation_probability = sigmoid(base + segment terms + effects of the early
-  drivers and blockers the user did + CHURN_EFFECT (-1.5) if churner)``. ``z`` never enters
-  it, so vanity events are related to activation only through ``z`` -> drivers and churn, both
-  visible in the early behaviour;
-* everything drawn after (and depending on) that draw starts at or after signup + 72 h + the
-  2 h session gap, so the first 72 h carry no information about the draw beyond ``p``:
-  activators share a dashboard (the aha event, with the funnel steps still missing) between
-  day 3 and day 14, or between day 15 and day 40 for late activators (``LATE_ACTIVATOR_SHARE``
-  of them, outside the 14-day window), then keep using the product; non-churners may return
-  before the aha; the rare activating churner comes back only for the aha and the usage after.
+1. **Who.** Each user has segment attributes, a signup time and an unobserved engagement trait
+   ``z`` (segment terms + noise).
+2. **The plan, drawn before anything about activation.** Every user's *planned behaviour* is
+   drawn from ``z``, the segment and noise only:
 
-``truth/users.csv`` records the probability, the draw (``planted_activator``), the outcome
-within the window, ``late_activator``, ``churner`` and ``latent_engagement``.
+   * the whole first 72 h (events, sessions, times, property values, timestamp styles).
+     ``z`` drives the vanity events (tour, help, settings), the number of sessions (2 + a
+     Poisson count of mean ``exp(0.9 z - 0.3)``, at most 10) and so the active days
+     strongly; the drivers moderately; the blockers depend on the segment only.
+   * a prerequisite chain: ``data_source_connected`` (and ``dashboard_created``) can only
+     happen after ``workspace_created``; the workspace has no effect of its own.
+   * ``sso_login_failed`` (segment-driven, ~4% of users): a near-total blocker.
+   * ``checklist_viewed`` exists only for users who signed up in the last
+     ``CHECKLIST_TRACKED_DAYS`` (25) days before ``now`` (newly tracked; no effect).
+   * every ``dashboard_created`` is logged twice for 99.5% of occurrences:
+     ``dashboard_create_clicked`` follows it within a second (an alias, same dashboard id).
+   * churners (from ``z`` and the early counts; always those who did nothing but sign up)
+     have a single early session and never come back on their own; every other user has at
+     least two early sessions and then 1-3 return sessions after the horizon, days apart.
+3. **The probability.** ``p = true_activation_probability = P(activate within W)`` =
+   ``sigmoid(ACT_BASE + segment terms + ACT_DRIFT * (signup position in the signup span - 1/2)
+   + effects of the early drivers and blockers of the plan + CHURN_EFFECT if churner +
+   Z_ACT * z)``. ``Z_ACT`` is small (0.15): ``z`` reaches activation mostly through the drivers
+   and churn, so vanity events are explained away once sessions, active days and the other
+   events are held fixed. ``ACT_DRIFT`` (+0.2 log-odds from the oldest to the newest signup)
+   makes recent signups activate a little more, so a naive look calls ``checklist_viewed`` a
+   driver. With ``effects="none"`` ``p`` is the same constant for everyone (a pure-noise world).
+4. **The draw.** Activation within W ~ ``Bernoulli(p)``; its activation time ``T``
+   (the start of the aha session, ``activation_at``) comes from one fixed mixture for every
+   user, independent of everything else: with probability ``inside_horizon_share`` a
+   Kumaraswamy(0.8, 1.3) time on [0, H), else a Kumaraswamy(1.2, 3.0) time on
+   [H, W - 2 h). A user who does not activate within W becomes a late activator with
+   probability ``LATE_ACTIVATOR_RATE * p`` (``T`` between day 15 and day 40). Hence for any age
+   ``L`` < W - 2 h and a user not activated by ``L`` (``T > L``)::
+
+       P(activate within W | p, not activated by L) = p (1 - F(L)) / (1 - p F(L))
+
+   with ``F = activation_time_cdf`` (``true_landmark_probability``), exactly.
+5. **After T only.** The aha session starts at ``T``: quick (5 s - 5 min apart) missing setup
+   steps (onboarding, profile, workspace, dashboard; never the data source), then
+   ``dashboard_shared`` (the first within 25 min of ``T``, always before W), then usage
+   sessions until the user's lifetime or ``now`` runs out. The planned behaviour stays:
+   planned early events after ``T`` are kept (a user who activates at hour 5 keeps doing their
+   first-72-h plan), except those during the aha session itself and planned setup steps that
+   the aha session already did; planned return sessions after ``T`` give way to usage.
+   Nothing before ``T`` depends on the draw, so for a user not activated by ``L`` nothing in
+   [0, L) does. (Reading the first share as the activation moment, a user in the middle of
+   the aha session at ``L``, ``T <= L <`` first share, looks not yet activated; the truth
+   counts them as activated by ``L``. They are under 1% of any landmark population.)
+
+Outcomes are then what the event log shows: ``activated_within_window`` is a
+``dashboard_shared`` at or before signup + 14 days (and before ``now``).
+
+``truth/users.csv`` records per user ``true_activation_probability`` (``p``), the draw
+(``planted_activator``: within W or late; ``late_activator``), ``activation_at`` /
+``hours_to_activation`` (``T``, planned even after ``now``), ``activated_inside_horizon``,
+``first_aha_at`` (observed), ``activated_within_window``, ``window_closed``, ``churner``,
+``latent_engagement`` and ``true_p_at_1h``, ``true_p_at_24h``, ``true_p_at_72h``,
+``true_p_at_168h`` (empty when ``T <= L``). These use ``p``, which knows the whole 72 h plan:
+before 72 h they are an oracle, not a function of behaviour up to ``L``.
+``truth/event_effects.csv`` records each event's role, planted log-odds effect and the event
+it works through (``prerequisite``, ``alias``).
 """
 
 from __future__ import annotations
@@ -41,7 +82,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -55,11 +96,15 @@ from onboarding_pipeline.config.product import USER_COLUMNS
 __all__ = [
     "BLOCK_USERS",
     "DEFAULT_NOW",
+    "EFFECTS",
     "EVENT_NAMES",
     "EVENT_REASONS",
+    "LANDMARK_HOURS",
     "USER_REASONS",
     "GenerationSummary",
+    "activation_time_cdf",
     "generate_sample",
+    "true_landmark_probability",
 ]
 
 SEC = 1_000
@@ -70,9 +115,15 @@ DAY = 24 * HOUR
 DEFAULT_NOW = datetime(2026, 11, 1, tzinfo=UTC)
 ACTIVATION_WINDOW_MS = 14 * DAY
 EARLY_WINDOW_MS = 72 * HOUR
+# Activations within the window start before W - 2 h, so that the first share (<= 25 min into
+# the aha session) always falls inside the window.
+ACTIVATION_TIME_MAX_MS = ACTIVATION_WINDOW_MS - 2 * HOUR
 SESSION_GAP_MIN_MS = 2 * HOUR  # gap between sessions is at least this
 INTRA_GAP_MIN_MS = 5 * SEC  # consecutive events inside a session: 5 s ...
 INTRA_GAP_MAX_MS = 20 * MIN  # ... to 20 min
+AHA_GAP_MAX_MS = 5 * MIN  # the aha session's steps come quickly
+ALIAS_SHARE = 0.995  # share of dashboard_created with a dashboard_create_clicked twin
+ALIAS_DELAY_MS = (30, 900)  # the twin is logged this many ms after dashboard_created
 BLOCK_USERS = 5_000
 # Ids of the "unknown_user" dirty rows are drawn from [UNKNOWN_USER_BASE, 10**7), so real user
 # ids (u0000000 ...) must stay below it.
@@ -80,35 +131,47 @@ UNKNOWN_USER_BASE = 9_000_000
 _Y2099_MS = int(datetime(2099, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 FORMATS = ("csv", "parquet", "jsonl")
+EFFECTS = ("planted", "none")
+LANDMARK_HOURS = (1, 24, 72, 168)
 
 # --- vocabulary ---------------------------------------------------------------------------------
-# (name, role, planted log-odds effect on activation within the window)
-EVENT_SPEC: tuple[tuple[str, str, float], ...] = (
-    ("signed_up", "funnel", 0.0),
-    ("onboarding_started", "funnel", 0.0),
-    ("profile_completed", "funnel", 0.0),
-    ("workspace_created", "funnel", 0.0),
-    ("data_source_connected", "driver", 1.2),
-    ("dashboard_created", "funnel", 0.0),
-    ("dashboard_shared", "aha", 0.0),
-    ("teammate_invited", "driver", 0.8),
-    ("template_used", "driver", 0.6),
-    ("invite_accepted", "neutral", 0.0),
-    ("product_tour_completed", "vanity", 0.0),
-    ("help_article_viewed", "vanity", 0.0),
-    ("settings_viewed", "vanity", 0.0),
-    ("permission_error", "blocker", -1.0),
-    ("integration_failed", "blocker", -0.7),
-    ("page_viewed", "neutral", 0.0),
-    ("search_performed", "neutral", 0.0),
-    ("notification_opened", "neutral", 0.0),
-    ("dashboard_viewed", "usage", 0.0),
-    ("report_exported", "usage", 0.0),
+# (name, role, planted log-odds effect on activation within the window, the event it works
+# through). Roles: funnel / aha / usage / neutral (no effect), driver / blocker (an effect of
+# their own), prerequisite (no effect of its own; enables `through`, which has one), vanity (no
+# effect; associated through z), alias (another name logged with `through`), newly_tracked (no
+# effect; exists only for recent signups).
+EVENT_SPEC: tuple[tuple[str, str, float, str], ...] = (
+    ("signed_up", "funnel", 0.0, ""),
+    ("onboarding_started", "funnel", 0.0, ""),
+    ("profile_completed", "funnel", 0.0, ""),
+    ("workspace_created", "prerequisite", 0.0, "data_source_connected"),
+    ("data_source_connected", "driver", 1.2, ""),
+    ("dashboard_created", "funnel", 0.0, ""),
+    ("dashboard_create_clicked", "alias", 0.0, "dashboard_created"),
+    ("dashboard_shared", "aha", 0.0, ""),
+    ("teammate_invited", "driver", 0.8, ""),
+    ("template_used", "driver", 0.6, ""),
+    ("invite_accepted", "neutral", 0.0, ""),
+    ("product_tour_completed", "vanity", 0.0, ""),
+    ("help_article_viewed", "vanity", 0.0, ""),
+    ("settings_viewed", "vanity", 0.0, ""),
+    ("permission_error", "blocker", -1.0, ""),
+    ("integration_failed", "blocker", -0.7, ""),
+    ("sso_login_failed", "blocker", -3.5, ""),
+    ("checklist_viewed", "newly_tracked", 0.0, ""),
+    ("page_viewed", "neutral", 0.0, ""),
+    ("search_performed", "neutral", 0.0, ""),
+    ("notification_opened", "neutral", 0.0, ""),
+    ("dashboard_viewed", "usage", 0.0, ""),
+    ("report_exported", "usage", 0.0, ""),
 )
 EVENT_NAMES: tuple[str, ...] = tuple(s[0] for s in EVENT_SPEC)
 _E = {name: i for i, name in enumerate(EVENT_NAMES)}
-_EFFECT = {name: effect for name, _, effect in EVENT_SPEC}
-# Funnel after signed_up, in order; data_source_connected is both a funnel step and a driver.
+_EFFECT = {name: effect for name, _, effect, _ in EVENT_SPEC}
+# Roles that claim an effect on activation; in the pure-noise world they are all `neutral`.
+_EFFECT_ROLES = ("driver", "blocker", "prerequisite", "vanity")
+# Setup steps after signed_up, in funnel order. Only the workspace gates anything (the data
+# source and the dashboard need one); the aha session does the missing ones except the source.
 FUNNEL = (
     "onboarding_started",
     "profile_completed",
@@ -116,7 +179,10 @@ FUNNEL = (
     "data_source_connected",
     "dashboard_created",
 )
-_FUNNEL_CODES = np.array([_E[n] for n in FUNNEL])
+_SETUP_CODES = np.array(
+    [_E[n] for n in ("onboarding_started", "profile_completed", "workspace_created")]
+    + [_E["dashboard_created"]]
+)
 
 EVENT_REASONS = (
     "missing_user_id",
@@ -181,18 +247,29 @@ Z_SIZE = np.array([0.1, 0.05, 0.0, -0.1, -0.2])
 Z_PLAN = np.array([-0.3, 0.0, 0.3, 0.2])
 Z_NOISE = 0.9
 
-# Activation log-odds: base + segment terms + planted event effects (deliberately different
-# segment terms from z's so that segment adjustment matters).
-ACT_BASE = -1.1
+# Activation log-odds: base + segment terms + drift + planted event effects + a small direct z
+# term (deliberately different segment terms from z's so that segment adjustment matters).
+ACT_BASE = -1.2
 ACT_ROLE = np.array([0.0, 0.25, 0.1, -0.15, -0.35])
 ACT_PLAN = np.array([-0.5, 0.0, 0.35, 0.2])
 ACT_SIZE = np.array([0.0, 0.0, 0.1, 0.0, -0.2])
 ACT_USE_CASE = np.array([0.15, 0.05, -0.1, 0.0])
+ACT_DRIFT = 0.2  # log-odds gained from the first to the last day of the signup span
+Z_ACT = 0.15  # direct effect of z on the log-odds (kept small: z acts through the drivers)
+NOISE_LOGIT = -0.6  # effects="none": everyone has p = sigmoid(NOISE_LOGIT)
 # Churners (decided before the activation draw from z and the early counts) have a single early
 # session and do not come back on their own; CHURN_EFFECT is the planted log-odds effect of that.
 CHURN_BASE = -1.3
 CHURN_EFFECT = -1.5
-LATE_ACTIVATOR_SHARE = 0.08
+# A user who does not activate within the window activates late with probability rate * p.
+LATE_ACTIVATOR_RATE = 0.25
+LATE_DAYS = (15, 40)
+# Activation time within the window: a mixture of two Kumaraswamy(a, b) laws, one on [0, H)
+# (weight inside_horizon_share), one on [H, ACTIVATION_TIME_MAX_MS).
+T_INSIDE_AB = (0.8, 1.3)
+T_OUTSIDE_AB = (1.2, 3.0)
+CHECKLIST_TRACKED_DAYS = 25  # checklist_viewed exists for signups in the last 25 days only
+
 
 JOB_TITLES = {
     "admin": ("IT Administrator", "Operations Manager", "Systems Administrator"),
@@ -272,6 +349,8 @@ def _property_pools() -> tuple[pa.Array, np.ndarray, np.ndarray]:
         ],
         "data_source_connected": [f',"step":4,"source":"{s}"' for s in sources],
         "dashboard_created": [f',"step":5,"dashboard_id":"{d}"' for d in dash],
+        # Same size and order as dashboard_created's pool: a twin carries the same id.
+        "dashboard_create_clicked": [f',"dashboard_id":"{d}","ui":"toolbar"' for d in dash],
         "dashboard_shared": [
             f',"dashboard_id":"{d}","channel":"{c}"'
             for d in dash
@@ -308,6 +387,12 @@ def _property_pools() -> tuple[pa.Array, np.ndarray, np.ndarray]:
             for s in sources
             for e in ("auth_timeout", "invalid_credentials", "schema_mismatch")
         ],
+        "sso_login_failed": [
+            f',"idp":"{i}","error":"{e}"'
+            for i in ("okta", "azure_ad", "google_workspace", "onelogin")
+            for e in ("saml_assertion_invalid", "clock_skew", "user_not_assigned")
+        ],
+        "checklist_viewed": [f',"checklist":"getting_started","items_done":{k}' for k in range(6)],
         "page_viewed": [
             f',"page":"{p}"'
             for p in (
@@ -362,9 +447,12 @@ class GenerationSummary:
     quarantine_expected: dict[str, dict[str, int]]
     closed_window_users: int  # users whose signup_at + 14 days <= now
     activated_within_window: int  # of those, how many share a dashboard within 14 days
+    activated_inside_horizon: int  # of those, how many activated within the first 72 h
     seed: int
     format: str
     now: str
+    effects: str  # "planted" or "none" (the pure-noise world)
+    inside_horizon_share: float  # F(72 h) of the activation-time law
     paths: dict[str, str] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -412,11 +500,11 @@ def _ragged_cumsum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
     return cs - base[np.cumsum(first) - 1]
 
 
-def _intra_gaps(rng: np.random.Generator, n: int) -> np.ndarray:
+def _intra_gaps(rng: np.random.Generator, n: int, max_gap: int = INTRA_GAP_MAX_MS) -> np.ndarray:
     # Log-uniform between 5 s and 20 min: mostly quick clicks, sometimes a long read.
-    lo, hi = math.log(INTRA_GAP_MIN_MS), math.log(INTRA_GAP_MAX_MS)
+    lo, hi = math.log(INTRA_GAP_MIN_MS), math.log(max_gap)
     gaps = np.exp(rng.uniform(lo, hi, n)).astype(np.int64)
-    return np.clip(gaps, INTRA_GAP_MIN_MS, INTRA_GAP_MAX_MS)
+    return np.clip(gaps, INTRA_GAP_MIN_MS, max_gap)
 
 
 def _capped_poisson(
@@ -434,9 +522,13 @@ def _expand(counts: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _layout_sessions(
-    rng: np.random.Generator, owner: np.ndarray, code: np.ndarray, key: np.ndarray
+    rng: np.random.Generator,
+    owner: np.ndarray,
+    code: np.ndarray,
+    key: np.ndarray,
+    max_gap: int = INTRA_GAP_MAX_MS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Order events inside sessions by ``key`` and space them 5 s - 20 min apart.
+    """Order events inside sessions by ``key`` and space them 5 s - ``max_gap`` apart.
 
     ``owner`` is a session index. Returns (owner, code, offset within session, duration of
     each session indexed by owner; sessions without events get duration 0).
@@ -444,7 +536,7 @@ def _layout_sessions(
     order = np.lexsort((key, owner))
     owner, code = owner[order], code[order]
     first = _runs([owner])
-    gaps = _intra_gaps(rng, len(owner))
+    gaps = _intra_gaps(rng, len(owner), max_gap)
     gaps[first] = 0
     offset = _ragged_cumsum(gaps, first)
     n_owner = int(owner.max()) + 1 if len(owner) else 0
@@ -467,6 +559,54 @@ def _chain_starts(
     return anchor + _ragged_cumsum(gap + dur, first) - dur
 
 
+# --- the activation-time law and the true landmark probability ----------------------------------
+def _kumaraswamy_cdf(x: np.ndarray, a: float, b: float) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return np.asarray(1.0 - (1.0 - x**a) ** b)
+
+
+def activation_time_cdf(
+    age_hours: float | np.ndarray, inside_horizon_share: float = 0.5
+) -> np.ndarray:
+    """``F(L) = P(T <= L | the user activates within the window)``, ``L`` in hours since signup.
+
+    The same fixed mixture for every user (module docstring, step 4): ``F(72)`` is
+    ``inside_horizon_share`` and ``F`` reaches 1 at 14 days - 2 hours.
+    """
+    t = np.asarray(age_hours, dtype=np.float64) * HOUR
+    h, top = EARLY_WINDOW_MS, ACTIVATION_TIME_MAX_MS
+    inside = _kumaraswamy_cdf(t / h, *T_INSIDE_AB)
+    outside = _kumaraswamy_cdf((t - h) / (top - h), *T_OUTSIDE_AB)
+    return np.asarray(inside_horizon_share * inside + (1.0 - inside_horizon_share) * outside)
+
+
+def true_landmark_probability(
+    p: float | np.ndarray, age_hours: float | np.ndarray, inside_horizon_share: float = 0.5
+) -> np.ndarray:
+    """``P(activate within the window | p, not activated by age L) = p(1-F(L)) / (1-p F(L))``.
+
+    ``p`` is ``true_activation_probability`` (within the window; late activators count as not
+    activating). Exact for the generator's users whatever their behaviour up to ``L``, since
+    nothing before the activation time depends on the draw. Broadcasts like numpy.
+    """
+    f = activation_time_cdf(age_hours, inside_horizon_share)
+    p = np.asarray(p, dtype=np.float64)
+    num, den = p * (1.0 - f), 1.0 - p * f
+    return np.asarray(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0))
+
+
+def _activation_times(rng: np.random.Generator, n: int, inside_share: float) -> np.ndarray:
+    """Offsets from signup (ms) drawn from ``activation_time_cdf`` by inversion."""
+    inside = rng.random(n) < inside_share
+    u = rng.random(n)
+    a = np.where(inside, T_INSIDE_AB[0], T_OUTSIDE_AB[0])
+    b = np.where(inside, T_INSIDE_AB[1], T_OUTSIDE_AB[1])
+    x = (1.0 - (1.0 - u) ** (1.0 / b)) ** (1.0 / a)
+    h, top = EARLY_WINDOW_MS, ACTIVATION_TIME_MAX_MS
+    t = np.where(inside, x * h, h + x * (top - h)).astype(np.int64)
+    return np.maximum(t, 1)  # after the signed_up event (a 1 ms floor: F is exact to 1 ms)
+
+
 # --- one simulated block ------------------------------------------------------------------------
 @dataclass
 class _Block:
@@ -487,9 +627,11 @@ class _Block:
     company: np.ndarray
     tld: np.ndarray
     z: np.ndarray
-    p_act: np.ndarray
-    activated: np.ndarray
-    late: np.ndarray
+    p_act: np.ndarray  # P(activate within the window)
+    within: np.ndarray  # the draw: activates within the window
+    late: np.ndarray  # activates after the window instead
+    activated: np.ndarray  # within | late
+    t_act: np.ndarray  # activation time T (ms after signup; -1 = never)
     churner: np.ndarray
     # events
     ev_user: np.ndarray
@@ -509,7 +651,13 @@ class _Block:
         return _Block(**kw)
 
 
-def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Block:
+def _codes(*names: str) -> np.ndarray:
+    return np.array([_E[c] for c in names])
+
+
+def _simulate_block(
+    seed: int, block: int, now_ms: int, signup_days: int, inside_share: float, planted: bool
+) -> _Block:
     rng = np.random.default_rng([seed, block])
     n = BLOCK_USERS
 
@@ -548,61 +696,79 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     sz = _sigmoid(z)
     low, high, ent = tech == 0, tech == 2, plan == 3
 
-    # Early behaviour (first 72 h): funnel depth, drivers, vanity, blockers, noise.
-    cont = np.stack(
+    # ---- 1. The plan: behaviour drawn from z, the segment and noise only. ----
+    # Setup steps. Only the workspace gates: the data source (the driver) and the dashboard
+    # need one, so the workspace matters only through them (a prerequisite chain).
+    workspace = rng.random(n) < _sigmoid(1.0 + 0.3 * z)
+    source = workspace & (rng.random(n) < _sigmoid(0.6 + 0.8 * z - 0.5 * low + 0.4 * high))
+    steps = np.stack(
         [
-            _sigmoid(2.5 + 0.6 * z),
-            _sigmoid(1.5 + 0.6 * z),
-            _sigmoid(1.3 + 0.6 * z),
-            _sigmoid(0.4 + 1.0 * z - 0.5 * low + 0.4 * high),
-            _sigmoid(0.6 + 0.6 * z),
+            rng.random(n) < _sigmoid(2.5 + 0.6 * z),  # onboarding_started
+            rng.random(n) < _sigmoid(1.2 + 0.6 * z),  # profile_completed
+            workspace,
+            source,
+            workspace & (rng.random(n) < _sigmoid(-0.3 + 0.5 * z + 1.2 * source)),  # dashboard
         ],
         axis=1,
     )
-    depth = np.cumprod(rng.random((n, 5)) < cont, axis=1).sum(axis=1)
+    has_dashboard = steps[:, 4]
 
     def occurs(p: np.ndarray, extra_lam: float, cap: int) -> np.ndarray:
         hit = rng.random(n) < p
         return np.where(hit, 1 + _capped_poisson(rng, extra_lam, cap - 1, n), 0)
 
-    n_inv = occurs(_sigmoid(-1.0 + 0.8 * z + 0.3 * (size >= 2)), 0.5, 3)
-    n_tmpl = occurs(_sigmoid(-0.9 + 0.7 * z + 0.3 * (use_case == 0)), 0.3, 2)
-    n_tour = occurs(_sigmoid(-0.3 + 1.2 * z), 0.0, 1)
-    n_help = occurs(_sigmoid(-0.7 + 1.0 * z), 0.8, 4)
-    n_sett = occurs(_sigmoid(-0.5 + 1.0 * z), 0.5, 3)
+    n_inv = occurs(_sigmoid(-1.0 + 0.6 * z + 0.3 * (size >= 2)), 0.5, 3)
+    n_tmpl = occurs(_sigmoid(-0.9 + 0.5 * z + 0.3 * (use_case == 0)), 0.3, 2)
+    n_tour = occurs(_sigmoid(-0.3 + 1.4 * z), 0.0, 1)
+    n_help = occurs(_sigmoid(-0.7 + 1.2 * z), 0.8, 4)
+    n_sett = occurs(_sigmoid(-0.5 + 1.2 * z), 0.5, 3)
     n_perm = occurs(_sigmoid(-2.2 + 1.2 * ent + 0.4 * (size == 4) + 0.7 * low - 0.5 * high), 0.4, 3)
     n_intf = occurs(_sigmoid(-2.0 + 0.5 * ent + 1.0 * low - 0.5 * high), 0.4, 3)
+    n_sso = occurs(_sigmoid(-3.6 + 1.6 * ent + 0.6 * (size >= 3)), 0.3, 2)
+    recent = signup >= now_ms - CHECKLIST_TRACKED_DAYS * DAY
+    n_chk = occurs(_sigmoid(0.8 + 0.4 * z), 0.5, 3) * recent
     n_page = _capped_poisson(rng, 1.5 + 2.0 * sz, 8, n)
     n_srch = _capped_poisson(rng, 0.3 + 0.8 * sz, 3, n)
     n_noti = _capped_poisson(rng, 0.3, 2, n)
 
-    # Early event rows with an ordering key in [0, 1) spanning the early period.
-    funnel_counts = (np.arange(5)[None, :] < depth[:, None]).astype(np.int64)
-    other_codes = np.array(
-        [
-            _E[c]
-            for c in (
-                "teammate_invited",
-                "template_used",
-                "product_tour_completed",
-                "help_article_viewed",
-                "settings_viewed",
-                "permission_error",
-                "integration_failed",
-                "page_viewed",
-                "search_performed",
-                "notification_opened",
-            )
-        ]
+    # Early event rows with an ordering key in [0, 1) spanning the early period; setup steps
+    # come in funnel order (disjoint key ranges per step).
+    other_codes = _codes(
+        "teammate_invited",
+        "template_used",
+        "product_tour_completed",
+        "help_article_viewed",
+        "settings_viewed",
+        "permission_error",
+        "integration_failed",
+        "sso_login_failed",
+        "checklist_viewed",
+        "page_viewed",
+        "search_performed",
+        "notification_opened",
     )
     other_counts = np.stack(
-        [n_inv, n_tmpl, n_tour, n_help, n_sett, n_perm, n_intf, n_page, n_srch, n_noti], axis=1
+        [
+            n_inv,
+            n_tmpl,
+            n_tour,
+            n_help,
+            n_sett,
+            n_perm,
+            n_intf,
+            n_sso,
+            n_chk,
+            n_page,
+            n_srch,
+            n_noti,
+        ],
+        axis=1,
     )
-    u_f, c_f = _expand(funnel_counts, _FUNNEL_CODES)
+    u_f, c_f = _expand(steps.astype(np.int64), _codes(*FUNNEL))
     step_of_code = np.zeros(len(EVENT_NAMES), dtype=np.int64)
-    step_of_code[_FUNNEL_CODES] = np.arange(len(FUNNEL))
-    step = step_of_code[c_f]  # funnel position 0..4 of each funnel event
-    speed = rng.uniform(0.2, 1.0, n)  # how fast the user moves through the funnel
+    step_of_code[_codes(*FUNNEL)] = np.arange(len(FUNNEL))
+    step = step_of_code[c_f]
+    speed = rng.uniform(0.2, 1.0, n)  # how fast the user moves through the setup
     k_f = np.where(
         step == 0, rng.random(len(u_f)) * 0.02, speed[u_f] * (step + rng.random(len(u_f))) / 5.0
     )
@@ -619,23 +785,22 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     n_early = np.bincount(e_user, minlength=n)
 
     # Churners: some low-engagement users (few early events; always those who did nothing but
-    # sign up) have a single early session and never come back on their own; everyone else
-    # comes back at least once within the 72 h. Decided here, before the activation draw, from
-    # z and the early counts only; the effect of not coming back is planted in the activation
-    # logit (CHURN_EFFECT), so it is observable as "one session in the first 72 h".
+    # sign up) have a single early session and never come back on their own. Everyone else has
+    # 2 + Poisson(exp(0.8 z - 0.2)) early sessions (capped at 10): sessions and active days are
+    # good proxies of z.
     churner = (rng.random(n) < _sigmoid(CHURN_BASE - 1.3 * z)) & (n_early <= 12)
     churner |= n_early == 1
-    n_sess_early = np.where(churner, 1, 2 + _capped_poisson(rng, 0.3 + 1.0 * sz, 4, n))
+    n_sess_early = np.where(churner, 1, 2 + _capped_poisson(rng, np.exp(-0.3 + 0.9 * z), 8, n))
     raw_sess = np.clip((e_key * n_sess_early[e_user]).astype(np.int64), 0, n_sess_early[e_user] - 1)
     # A non-churner's last early event opens its last session, so it has at least two.
     by_key = np.lexsort((e_key, e_user))
     last_ev = by_key[np.append(e_user[by_key][1:] != e_user[by_key][:-1], True)]
     raw_sess[last_ev] = n_sess_early[e_user[last_ev]] - 1
-    # Session owner id = user * 8 + raw session (<= 6 sessions per user), renumbered densely.
-    owner_raw = e_user * 8 + raw_sess
+    # Session owner id = user * 16 + raw session (<= 10 sessions per user), renumbered densely.
+    owner_raw = e_user * 16 + raw_sess
     uniq, owner = np.unique(owner_raw, return_inverse=True)
     owner, e_code, e_off, e_dur = _layout_sessions(rng, owner, e_code, e_key)
-    s_user = uniq // 8
+    s_user = uniq // 16
     s_last = np.ones(len(uniq), dtype=bool)
     s_last[:-1] = s_user[1:] != s_user[:-1]
     s_count = np.bincount(s_user, minlength=n)
@@ -648,94 +813,11 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     s_start = _ragged_cumsum(inc, _runs([s_user])) - inc
     early_end = np.zeros(n, dtype=np.int64)
     early_end[s_user[s_last]] = (s_start + e_dur)[s_last]
-    parts_user = [s_user[owner]]
-    parts_code = [e_code]
-    parts_t = [s_start[owner] + e_off]
-    # Presentation draws of the early events (property value, timestamp style, offset) too.
-    n_ev_early = len(e_code)
-    parts_u = [rng.random((n_ev_early, 2))]
-    parts_off = [rng.integers(0, len(OFFSETS_MIN), n_ev_early)]
+    pe_user, pe_code, pe_t = s_user[owner], e_code, s_start[owner] + e_off
 
-    # Everything above (the first 72 h) is settled; only now is activation drawn. Its true
-    # probability depends on the segment, the early drivers and blockers and churn, never on z
-    # or on anything drawn below.
-    logit = (
-        ACT_BASE
-        + ACT_ROLE[role]
-        + ACT_PLAN[plan]
-        + ACT_SIZE[size]
-        + ACT_USE_CASE[use_case]
-        + _EFFECT["data_source_connected"] * (depth >= 4)
-        + _EFFECT["teammate_invited"] * (n_inv > 0)
-        + _EFFECT["template_used"] * (n_tmpl > 0)
-        + _EFFECT["permission_error"] * (n_perm > 0)
-        + _EFFECT["integration_failed"] * (n_intf > 0)
-        + CHURN_EFFECT * churner
-    )
-    p_act = _sigmoid(logit)
-    activated = rng.random(n) < p_act
-    late = activated & (rng.random(n) < LATE_ACTIVATOR_SHARE)
-    # Nothing that depends on the draw may start before this offset from signup.
+    # Planned return sessions of non-churners after the horizon, a few days apart.
     after_early = np.maximum(early_end, EARLY_WINDOW_MS)
-
-    # Aha session of activators: missing funnel steps (not the data source), then the share.
-    act_idx = np.flatnonzero(activated)
-    na = len(act_idx)
-    dep = depth[act_idx]
-    aha_cols = np.stack(
-        [
-            rng.random(na) < 0.5,  # page_viewed
-            dep <= 0,
-            dep <= 1,
-            dep <= 2,
-            dep <= 4,  # onboarding, profile, workspace, dashboard
-            np.ones(na, dtype=bool),  # dashboard_shared
-            rng.random(na) < 0.5,  # dashboard_viewed
-            rng.random(na) < 0.15,  # report_exported
-        ],
-        axis=1,
-    ).astype(np.int64)
-    aha_codes = np.array(
-        [
-            _E[c]
-            for c in (
-                "page_viewed",
-                "onboarding_started",
-                "profile_completed",
-                "workspace_created",
-                "dashboard_created",
-                "dashboard_shared",
-                "dashboard_viewed",
-                "report_exported",
-            )
-        ]
-    )
-    o_a, c_a = _expand(aha_cols, aha_codes)
-    rank = np.zeros(len(EVENT_NAMES))
-    rank[aha_codes] = np.arange(len(aha_codes))
-    o_a, c_a, off_a, dur_a = _layout_sessions(rng, o_a, c_a, rank[c_a])
-    lo = np.where(late[act_idx], 15 * DAY, after_early[act_idx] + SESSION_GAP_MIN_MS)
-    hi = np.where(late[act_idx], 40 * DAY, ACTIVATION_WINDOW_MS) - dur_a - MIN
-    frac = np.where(late[act_idx], rng.beta(1.2, 2.0, na), rng.beta(1.2, 3.5, na))
-    aha_start = lo + ((hi - lo) * frac).astype(np.int64)
-    parts_user.append(act_idx[o_a])
-    parts_code.append(c_a)
-    parts_t.append(aha_start[o_a] + off_a)
-
-    # Return sessions (non-churners) between the early period (72 h at least) and the aha
-    # session, if any.
-    now_off = now_ms - signup
-    bound = np.full(n, np.iinfo(np.int64).max // 4)
-    bound[act_idx] = aha_start - SESSION_GAP_MIN_MS
-    n_ret = np.where(
-        churner,
-        0,
-        np.where(
-            activated,
-            _capped_poisson(rng, 0.3, 2, n),
-            1 + _capped_poisson(rng, 0.3 + 0.6 * sz, 2, n),
-        ),
-    )
+    n_ret = np.where(churner, 0, 1 + _capped_poisson(rng, 0.3 + 0.8 * sz, 2, n))
     r_user = np.repeat(np.arange(n), n_ret)
     nr = len(r_user)
     ret_cols = np.stack(
@@ -743,34 +825,109 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
             rng.random(nr) < 0.4,
             1 + _capped_poisson(rng, 0.8, 3, nr),
             _capped_poisson(rng, 0.3, 2, nr),
-            _capped_poisson(rng, 0.6, 2, nr) * (depth[r_user] >= 5),
+            _capped_poisson(rng, 0.6, 2, nr) * has_dashboard[r_user],
         ],
         axis=1,
     ).astype(np.int64)
-    ret_codes = np.array(
-        [
-            _E[c]
-            for c in ("notification_opened", "page_viewed", "search_performed", "dashboard_viewed")
-        ]
-    )
+    ret_codes = _codes("notification_opened", "page_viewed", "search_performed", "dashboard_viewed")
     o_r, c_r = _expand(ret_cols, ret_codes)
     key_r = np.where(c_r == _E["notification_opened"], -1.0, rng.random(len(o_r)))
     o_r, c_r, off_r, dur_r = _layout_sessions(rng, o_r, c_r, key_r)
     r_start = _chain_starts(rng, r_user, after_early[r_user], dur_r, np.full(nr, 3.0 * DAY))
-    r_ok = r_start + dur_r <= bound[r_user]
-    keep = r_ok[o_r]
-    parts_user.append(r_user[o_r][keep])
-    parts_code.append(c_r[keep])
-    parts_t.append((r_start[o_r] + off_r)[keep])
+    pl_user = np.concatenate([pe_user, r_user[o_r]])
+    pl_code = np.concatenate([pe_code, c_r])
+    pl_t = np.concatenate([pe_t, r_start[o_r] + off_r])
+    pl_return = np.arange(len(pl_user)) >= len(pe_user)
+    # Presentation draws (property value, timestamp style, alias twin) of the plan, too.
+    pl_u = rng.random((len(pl_user), 4))
+    pl_off = rng.integers(0, len(OFFSETS_MIN), len(pl_user))
+
+    # ---- 2. The probability: the segment, the drift and the early plan (and a little z). ----
+    if planted:
+        signup_pos = (signup - start_ms) / (signup_days * DAY)  # 0 = oldest, 1 = newest
+        logit = (
+            ACT_BASE
+            + ACT_ROLE[role]
+            + ACT_PLAN[plan]
+            + ACT_SIZE[size]
+            + ACT_USE_CASE[use_case]
+            + ACT_DRIFT * (signup_pos - 0.5)
+            + _EFFECT["data_source_connected"] * source
+            + _EFFECT["teammate_invited"] * (n_inv > 0)
+            + _EFFECT["template_used"] * (n_tmpl > 0)
+            + _EFFECT["permission_error"] * (n_perm > 0)
+            + _EFFECT["integration_failed"] * (n_intf > 0)
+            + _EFFECT["sso_login_failed"] * (n_sso > 0)
+            + CHURN_EFFECT * churner
+            + Z_ACT * z
+        )
+    else:
+        logit = np.full(n, NOISE_LOGIT)
+    p_act = _sigmoid(logit)
+
+    # ---- 3. The draw and the activation time, independent of the plan given p. ----
+    within = rng.random(n) < p_act
+    late = ~within & (rng.random(n) < LATE_ACTIVATOR_RATE * p_act)
+    t_within = _activation_times(rng, n, inside_share)
+    lo, hi = LATE_DAYS[0] * DAY, LATE_DAYS[1] * DAY
+    t_late = lo + ((hi - lo) * rng.beta(1.2, 2.0, n)).astype(np.int64)
+    t_act = np.where(within, t_within, np.where(late, t_late, -1)).astype(np.int64)
+    activated = within | late
+
+    # ---- 4. After T only: the aha session (setup steps not done before T, then the share). ----
+    act_idx = np.flatnonzero(activated)
+    na = len(act_idx)
+    big = np.iinfo(np.int64).max
+    setup_t = np.full((n, len(_SETUP_CODES)), big, dtype=np.int64)
+    for k, code in enumerate(_SETUP_CODES):
+        m = pe_code == code
+        first_t = np.full(n, big, dtype=np.int64)
+        np.minimum.at(first_t, pe_user[m], pe_t[m])
+        setup_t[:, k] = first_t
+    t_a = t_act[act_idx]
+    todo = setup_t[act_idx] >= t_a[:, None]
+    aha_cols = np.column_stack(
+        [
+            rng.random(na) < 0.5,  # page_viewed
+            todo,  # onboarding, profile, workspace, dashboard_created
+            np.ones(na, dtype=bool),  # dashboard_shared
+            rng.random(na) < 0.5,  # dashboard_viewed
+            rng.random(na) < 0.15,  # report_exported
+        ]
+    ).astype(np.int64)
+    aha_codes = np.concatenate(
+        [
+            _codes("page_viewed"),
+            _SETUP_CODES,
+            _codes("dashboard_shared", "dashboard_viewed", "report_exported"),
+        ]
+    )
+    o_a, c_a = _expand(aha_cols, aha_codes)
+    rank = np.zeros(len(EVENT_NAMES))
+    rank[aha_codes] = np.arange(len(aha_codes))
+    o_a, c_a, off_a, dur_a = _layout_sessions(rng, o_a, c_a, rank[c_a], AHA_GAP_MAX_MS)
+    aha_end = t_a + dur_a
+
+    # The plan after T: keep the planned early events, except during the aha session and the
+    # setup steps it did; planned return sessions give way to the usage below.
+    t_user = np.full(n, big, dtype=np.int64)
+    t_user[act_idx] = t_a
+    end_user = np.full(n, -1, dtype=np.int64)
+    end_user[act_idx] = aha_end
+    after_t = pl_t >= t_user[pl_user]
+    drop = after_t & ((pl_t <= end_user[pl_user]) | np.isin(pl_code, _SETUP_CODES) | pl_return)
+    parts_user = [pl_user[~drop], act_idx[o_a]]
+    parts_code = [pl_code[~drop], c_a]
+    parts_t = [pl_t[~drop], t_a[o_a] + off_a]
 
     # Usage sessions after the aha, until the user's lifetime or `now` runs out.
-    aha_end = aha_start + dur_a
+    now_off = now_ms - signup
     life = (7 * DAY + rng.exponential(90 * DAY, na)).astype(np.int64)
     span = np.minimum(now_off[act_idx] - aha_end, life)
     mean_gap = (0.5 + 3.5 * _sigmoid(-0.8 * z[act_idx])) * DAY
     n_use = np.where(
         span > SESSION_GAP_MIN_MS,
-        np.ceil(1.3 * np.maximum(span, 0) / (mean_gap + SESSION_GAP_MIN_MS)) + 1,
+        np.ceil(0.9 * np.maximum(span, 0) / (mean_gap + SESSION_GAP_MIN_MS)) + 1,
         0,
     )
     n_use = np.minimum(n_use, 200).astype(np.int64)
@@ -787,18 +944,13 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
         ],
         axis=1,
     ).astype(np.int64)
-    use_codes = np.array(
-        [
-            _E[c]
-            for c in (
-                "notification_opened",
-                "dashboard_viewed",
-                "report_exported",
-                "page_viewed",
-                "search_performed",
-                "dashboard_shared",
-            )
-        ]
+    use_codes = _codes(
+        "notification_opened",
+        "dashboard_viewed",
+        "report_exported",
+        "page_viewed",
+        "search_performed",
+        "dashboard_shared",
     )
     o_u, c_u = _expand(use_cols, use_codes)
     key_u = np.where(c_u == _E["notification_opened"], -1.0, rng.random(len(o_u)))
@@ -810,15 +962,23 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
     parts_code.append(c_u[keep])
     parts_t.append((u_start[o_u] + off_u)[keep])
 
-    # Assemble, drop everything at or after `now`, sort by user then time.
+    # Assemble; log the alias twin of each dashboard_created; drop everything at or after
+    # `now`; sort by user then time.
     ev_user = np.concatenate(parts_user).astype(np.int64)
     ev_code = np.concatenate(parts_code).astype(np.int16)
-    ev_ts = signup[ev_user] + np.concatenate(parts_t)
-    n_later = len(ev_user) - n_ev_early
-    parts_u.append(rng.random((n_later, 2)))
-    parts_off.append(rng.integers(0, len(OFFSETS_MIN), n_later))
-    ev_u = np.concatenate(parts_u)
-    ev_off = np.concatenate(parts_off)
+    ev_t = np.concatenate(parts_t)
+    n_later = len(ev_user) - int((~drop).sum())
+    ev_u = np.concatenate([pl_u[~drop], rng.random((n_later, 4))])
+    ev_off = np.concatenate([pl_off[~drop], rng.integers(0, len(OFFSETS_MIN), n_later)])
+    twin = (ev_code == _E["dashboard_created"]) & (ev_u[:, 2] < ALIAS_SHARE)
+    delay = ALIAS_DELAY_MS[0] + (ev_u[twin, 3] * (ALIAS_DELAY_MS[1] - ALIAS_DELAY_MS[0]))
+    ev_user = np.concatenate([ev_user, ev_user[twin]])
+    ev_code = np.concatenate([ev_code, np.full(int(twin.sum()), _E["dashboard_create_clicked"])])
+    ev_code = ev_code.astype(np.int16)
+    ev_t = np.concatenate([ev_t, ev_t[twin] + delay.astype(np.int64)])
+    ev_u = np.concatenate([ev_u, ev_u[twin]])  # same dashboard id, same timestamp style
+    ev_off = np.concatenate([ev_off, ev_off[twin]])
+    ev_ts = signup[ev_user] + ev_t
     keep = ev_ts < now_ms
     ev_user, ev_code, ev_ts = ev_user[keep], ev_code[keep], ev_ts[keep]
     ev_u, ev_off = ev_u[keep], ev_off[keep]
@@ -846,8 +1006,10 @@ def _simulate_block(seed: int, block: int, now_ms: int, signup_days: int) -> _Bl
         tld=acc_tld[account],
         z=z,
         p_act=p_act,
-        activated=activated,
+        within=within,
         late=late,
+        activated=activated,
+        t_act=t_act,
         churner=churner,
         ev_user=ev_user,
         ev_code=ev_code,
@@ -1202,7 +1364,7 @@ def _users_frame(blk: _Block) -> pd.DataFrame:
     )
 
 
-def _truth_users_frame(blk: _Block, now_ms: int) -> pd.DataFrame:
+def _truth_users_frame(blk: _Block, now_ms: int, inside_share: float) -> pd.DataFrame:
     n = len(blk.signup)
     shared = blk.ev_code == _E["dashboard_shared"]
     first_aha = np.full(n, np.iinfo(np.int64).max)
@@ -1211,7 +1373,10 @@ def _truth_users_frame(blk: _Block, now_ms: int) -> pd.DataFrame:
     aha_str = np.array(_iso_z(np.where(has_aha, first_aha, 0)).to_pylist(), dtype=object)
     aha_str[~has_aha] = ""
     within = has_aha & (first_aha <= blk.signup + ACTIVATION_WINDOW_MS)
-    return pd.DataFrame(
+    has_t = blk.t_act >= 0
+    act_str = np.array(_iso_z(blk.signup + np.maximum(blk.t_act, 0)).to_pylist(), dtype=object)
+    act_str[~has_t] = ""
+    frame = pd.DataFrame(
         {
             "user_id": _user_ids(blk.first_index + np.arange(n)).to_pylist(),
             "signup_at": _iso_z(blk.signup).to_pylist(),
@@ -1223,8 +1388,16 @@ def _truth_users_frame(blk: _Block, now_ms: int) -> pd.DataFrame:
             "churner": blk.churner,
             "planted_activator": blk.activated,
             "latent_engagement": np.round(blk.z, 4),
+            "activation_at": act_str,
+            "hours_to_activation": np.where(has_t, np.round(blk.t_act / HOUR, 4), np.nan),
+            "activated_inside_horizon": blk.within & (blk.t_act < EARLY_WINDOW_MS),
         }
     )
+    for hours in LANDMARK_HOURS:
+        truth = np.round(true_landmark_probability(blk.p_act, hours, inside_share), 6)
+        done = blk.within & (blk.t_act <= hours * HOUR)
+        frame[f"true_p_at_{hours}h"] = np.where(done, np.nan, truth)
+    return frame
 
 
 def _bool_text(df: pd.DataFrame) -> pd.DataFrame:
@@ -1297,10 +1470,12 @@ def _dirty_users(
 
 
 # --- driver -------------------------------------------------------------------------------------
-def _blocks(seed: int, now_ms: int, signup_days: int) -> Iterator[tuple[int, _Block]]:
+def _blocks(
+    seed: int, now_ms: int, signup_days: int, inside_share: float, planted: bool
+) -> Iterator[tuple[int, _Block]]:
     block = 0
     while True:
-        yield block, _simulate_block(seed, block, now_ms, signup_days)
+        yield block, _simulate_block(seed, block, now_ms, signup_days, inside_share, planted)
         block += 1
 
 
@@ -1310,12 +1485,15 @@ def _to_utc_ms(now: datetime) -> int:
     return round(now.timestamp() * 1000)
 
 
-def _write_event_effects(path: Path) -> None:
+def _write_event_effects(path: Path, planted: bool) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["event_name", "role", "log_odds_effect"])
-        for name, role, effect in EVENT_SPEC:
-            w.writerow([name, role, f"{effect:.1f}"])
+        w.writerow(["event_name", "role", "log_odds_effect", "through"])
+        for name, role, effect, through in EVENT_SPEC:
+            if not planted and role in _EFFECT_ROLES:
+                # The pure-noise world: nothing has an effect, nothing works through anything.
+                role, effect, through = "neutral", 0.0, ""
+            w.writerow([name, role, f"{effect:.1f}", through])
 
 
 def generate_sample(
@@ -1329,12 +1507,21 @@ def generate_sample(
     signup_days: int = 120,
     dirty: bool = True,
     progress: bool = True,
+    inside_horizon_share: float = 0.5,
+    effects: Literal["planted", "none"] = "planted",
 ) -> GenerationSummary:
     """Write ``users.csv``, ``events.<fmt>`` and ``truth/`` under ``out``.
 
     With ``target_events`` the number of users is chosen (ignoring ``users``) so that the
-    events file has about that many rows, dirty rows included.
+    events file has about that many rows, dirty rows included. ``inside_horizon_share`` is the
+    share of within-window activators whose activation starts inside the first 72 h;
+    ``effects="none"`` gives a pure-noise world (the same ``p`` for everyone).
     """
+    if not 0.0 <= inside_horizon_share <= 1.0:
+        raise ValueError(f"inside_horizon_share must be in [0, 1], got {inside_horizon_share!r}")
+    if effects not in EFFECTS:
+        raise ValueError(f"effects must be one of {EFFECTS}, got {effects!r}")
+    planted = effects == "planted"
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     if signup_days < 1:
@@ -1367,13 +1554,13 @@ def generate_sample(
     n_valid = events_written = clean = sessions = dups = 0
     next_id = 0
     user_rows = 0
-    closed = activated = 0
+    closed = activated = inside = 0
     ev_reasons = dict.fromkeys(EVENT_REASONS, 0)
     user_reasons = dict.fromkeys(USER_REASONS, 0)
     user_dups = 0
     dirty_rows: list[tuple[str, int, str]] = []
     try:
-        for block, full in _blocks(seed, now_ms, signup_days):
+        for block, full in _blocks(seed, now_ms, signup_days, inside_horizon_share, planted):
             # How many users of this block to keep.
             if target_events is None:
                 n_keep = min(BLOCK_USERS, users - n_valid)
@@ -1420,9 +1607,11 @@ def generate_sample(
             udf.to_csv(users_fh, index=False, header=block == 0, lineterminator="\n")
             user_rows += len(udf)
 
-            tdf = _truth_users_frame(blk, now_ms)
+            tdf = _truth_users_frame(blk, now_ms, inside_horizon_share)
+            done = tdf["window_closed"] & tdf["activated_within_window"]
             closed += int(tdf["window_closed"].sum())
-            activated += int((tdf["window_closed"] & tdf["activated_within_window"]).sum())
+            activated += int(done.sum())
+            inside += int((done & tdf["activated_inside_horizon"]).sum())
             _bool_text(tdf).to_csv(
                 truth_users_fh,
                 index=False,
@@ -1444,7 +1633,7 @@ def generate_sample(
         truth_users_fh.close()
         sessions_fh.close()
 
-    _write_event_effects(truth / "event_effects.csv")
+    _write_event_effects(truth / "event_effects.csv", planted)
     dirty_rows.sort(key=lambda r: (r[0] != events_path.name, r[1]))
     with (truth / "dirty_rows.csv").open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
@@ -1472,10 +1661,13 @@ def generate_sample(
         quarantine_expected={"events": ev_reasons, "users": user_reasons},
         closed_window_users=closed,
         activated_within_window=activated,
+        activated_inside_horizon=inside,
         seed=seed,
         format=fmt,
         now=datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         + f"{now_ms % 1000:03d}Z",
+        effects=effects,
+        inside_horizon_share=inside_horizon_share,
         paths={k: str(v) for k, v in paths.items()},
     )
     (truth / "summary.json").write_text(json.dumps(summary.to_json_dict(), indent=2) + "\n")

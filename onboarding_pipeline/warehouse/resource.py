@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ from pydantic import PrivateAttr
 from onboarding_pipeline.warehouse.tables import TABLES, TableSpec
 
 _LOCK_RETRY_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class TableWrite:
+    """One step of `WarehouseResource.write_together`: delete the rows of `name` matching
+    `where` (all rows if None; nothing if `delete` is False), then insert `rows` (if any)."""
+
+    name: str
+    rows: ir.Table | pa.Table | None = None
+    where: sge.Expression | None = None
+    delete: bool = True
 
 
 class WarehouseResource(ConfigurableResource):
@@ -88,6 +100,13 @@ class WarehouseResource(ConfigurableResource):
         con = self._backend
         if spec.name not in con.list_tables(database=self.schema_name):
             con.create_table(spec.name, schema=spec.schema, database=self.schema_name)
+            return
+        # A warehouse made by an older version: add the nullable columns added since (a
+        # required column cannot be added to existing rows; that needs a rebuild).
+        existing = set(con.table(spec.name, database=self.schema_name).columns)
+        for name, dtype in spec.schema.items():
+            if name not in existing and dtype.nullable:
+                con.raw_sql(_add_column(self.schema_name, spec.name, name, dtype, self.engine))
 
     def table(self, name: str) -> ir.Table:
         return self.connect().table(name, database=self.schema_name)
@@ -156,6 +175,16 @@ class WarehouseResource(ConfigurableResource):
         with self.transaction():
             self._delete(name, condition)
             self._insert(name, rows)
+
+    def write_together(self, writes: Sequence[TableWrite]) -> None:
+        """Several deletes and inserts, across tables, in one transaction: all land or none
+        (an error leaves every table as it was)."""
+        with self.transaction():
+            for write in writes:
+                if write.delete:
+                    self._delete(write.name, write.where)
+                if write.rows is not None:
+                    self._insert(write.name, write.rows)
 
     def insert_missing(self, name: str, rows: pa.Table, keys: list[str]) -> int:
         """Append the rows whose `keys` are not in table `name` yet (an append-only log whose
@@ -227,6 +256,43 @@ def duckdb_path(url: str) -> Path | None:
     `duckdb:////absolute/file.duckdb`); None for an in-memory database (`duckdb://`)."""
     location = url.split("://", 1)[1].removeprefix("/")
     return Path(location) if location and location != ":memory:" else None
+
+
+def where_equal(column: str, value: str) -> sge.Expression:
+    """`column = value` as a sqlglot tree (a typed literal, never pasted text)."""
+    return sge.EQ(this=sg.column(column, quoted=True), expression=sge.Literal.string(value))
+
+
+def where_in(column: str, values: Sequence[str]) -> sge.Expression:
+    """`column IN (values...)` as a sqlglot tree."""
+    return sge.In(
+        this=sg.column(column, quoted=True),
+        expressions=[sge.Literal.string(value) for value in values],
+    )
+
+
+def where_in_range(column: str, start: datetime, end: datetime) -> sge.Expression:
+    """`start <= column < end` as a sqlglot tree."""
+    return _in_range(column, start, end)
+
+
+def _add_column(schema: str, table: str, column: str, dtype: Any, engine: str) -> sge.Alter:
+    """`ALTER TABLE schema.table ADD COLUMN column <type>` as a sqlglot tree."""
+    dialect = "postgres" if engine == "postgresql" else engine
+    kind = sge.DataType.build(ibis_type_sql(dtype, dialect), dialect=dialect)
+    return sge.Alter(
+        this=sg.table(table, db=schema, quoted=True),
+        kind="TABLE",
+        actions=[sge.ColumnDef(this=sg.to_identifier(column, quoted=True), kind=kind)],
+    )
+
+
+def ibis_type_sql(dtype: Any, dialect: str) -> str:
+    """The engine's SQL name of an Ibis type (as Ibis itself would create the column)."""
+    from ibis.backends.sql.datatypes import DuckDBType, PostgresType
+
+    converter = DuckDBType if dialect == "duckdb" else PostgresType
+    return str(converter.from_ibis(dtype).sql(dialect=dialect))
 
 
 def _in_range(column: str, start: datetime, end: datetime) -> sge.Expression:

@@ -70,9 +70,31 @@ QUARANTINE = TableSpec(
             "raw": "string",  # the original row as a JSON object of its input strings
             "kind": "!string",  # users | events
             "event_date": "date",  # for event rows with a usable timestamp: their partition
+            # What went wrong, in words; for conflicts the kept row (file and row number).
+            "detail": "string",
         }
     ),
     "Every rejected input row with its source, row number, reason and original content.",
+)
+
+INGESTION_MANIFEST = TableSpec(
+    "ingestion_manifest",
+    ibis.schema(
+        {
+            "kind": "!string",  # users | events
+            "source": "!string",  # file, relative to the data directory
+            "size_bytes": "int64",
+            "modified_at": UTC_TIMESTAMP,  # the file's modification time
+            "status": "!string",  # ingested | skipped_empty
+            "rows_read": "!int64",
+            "rows_accepted": "!int64",
+            "duplicates": "!int64",
+            "rows_quarantined": "!int64",
+            "blank_records": "!int64",
+            "ingested_at": UTC_TIMESTAMP.copy(nullable=False),
+        }
+    ),
+    "The file versions the current raw tables were built from, one row per file and kind.",
 )
 
 SESSIONS = TableSpec(
@@ -96,54 +118,100 @@ ACTIVATION_SCORES = TableSpec(
     ibis.schema(
         {
             "user_id": "!string",
-            "activation_probability": "!float64",
-            "model_version": "!string",
+            # P(activate before the window closes | not activated by age_hours, behaviour so
+            # far); NULL when no model has been accepted yet (scoring_status says so).
+            "activation_probability": "float64",
+            "model_version": "string",
             "scored_at": UTC_TIMESTAMP.copy(nullable=False),  # the watermark ("now")
             "population": "!string",  # onboarding (window open) | validation (held out)
+            "age_hours": "!float64",  # age since signup the probability is conditioned on
             "label": "float64",  # the known outcome of validation users
-            "horizon_complete": "boolean",  # false: early behaviour still accruing
+            "horizon_complete": "boolean",  # false: still inside the observation horizon
+            "scoring_status": "!string",  # model | no_accepted_model
         }
     ),
-    "Activation probability of every user still in onboarding, plus validation predictions.",
+    "Activation probability of every user still onboarding, given their age and that they have "
+    "not activated yet, plus the validation predictions at the main landmark.",
 )
 
-_FLOAT_COLUMNS = [
+_CRITICAL_PATH_FLOATS = [
     "activation_rate_with",
     "activation_rate_without",
     "lift",
-    "odds_ratio",
+    "odds_ratio",  # Haldane-corrected (0.5 added to every cell)
     "ci_low",
     "ci_high",
     "p_value",
     "q_value",
-    "adjusted_effect",
-    "adjusted_ci_low",
-    "adjusted_ci_high",
-    "adjusted_p_value",
-    "adjusted_q_value",
+    "total_effect",  # log-odds, adjusted for segments, engagement and earlier events
+    "total_ci_low",
+    "total_ci_high",
+    "total_p_value",
+    "total_q_value",
+    "direct_effect",  # log-odds, also holding every other event fixed
+    "direct_ci_low",
+    "direct_ci_high",
+    "direct_p_value",
+    "direct_q_value",
+    "e_value",
+    "e_value_ci",
     "best_threshold_n",
     "best_threshold_days",
+    "threshold_phi",
     "threshold_precision",
+    "threshold_precision_ci_low",
+    "threshold_precision_ci_high",
     "threshold_recall",
+    "threshold_recall_ci_low",
+    "threshold_recall_ci_high",
+    "threshold_lift",
+    "threshold_lift_ci_low",
+    "threshold_lift_ci_high",
     "median_hours_to_event_activators",
 ]
 CRITICAL_PATH = TableSpec(
     "critical_path",
     ibis.schema(
         {
+            "landmark_hours": "!int64",
             "segment_type": "!string",
             "segment": "!string",
             "event_name": "!string",
+            "population_users": "!int64",
             "users_with_event": "!int64",
             "users_without_event": "!int64",
-            **{name: "float64" for name in _FLOAT_COLUMNS[:9]},
-            **{name: "float64" for name in _FLOAT_COLUMNS[9:]},
-            "support_ok": "!boolean",
+            **{name: "float64" for name in _CRITICAL_PATH_FLOATS},
+            "works_through": "string",  # prerequisite: the later step it matters through
+            "aliased_with": "string",  # the event this one duplicates (judged once, there)
+            "tracked_since": "string",  # newly tracked: judged on signups after this date
             "note": "string",
-            "classification": "!string",  # driver | vanity | blocker | neutral
+            # driver | prerequisite | vanity | blocker | no_effect | inconclusive
+            "classification": "!string",
         }
     ),
-    "Each early event's association with activation, naive and adjusted, overall and per segment.",
+    "Each early event's association with later activation per landmark population (closed "
+    "windows, not activated by the landmark): naive, total and direct effects, overall and per "
+    "segment.",
+)
+
+LANDMARK_POPULATIONS = TableSpec(
+    "landmark_populations",
+    ibis.schema(
+        {
+            "landmark_hours": "!int64",
+            "closed_window_users": "!int64",
+            "activated_before_landmark": "!int64",
+            "share_activated_before": "float64",
+            "median_hours_to_activation_early": "float64",
+            "shared_events_early_activators": "string",
+            "population_users": "!int64",
+            "activated_after_landmark": "!int64",
+            "activation_rate": "float64",
+            "activation_rate_ci_low": "float64",
+            "activation_rate_ci_high": "float64",
+        }
+    ),
+    "Per landmark: users who activated before it (reported apart) and the population left.",
 )
 
 REPORT_DELIVERIES = TableSpec(
@@ -319,9 +387,11 @@ TABLES = {
         RAW_USERS,
         RAW_EVENTS,
         QUARANTINE,
+        INGESTION_MANIFEST,
         SESSIONS,
         ACTIVATION_SCORES,
         CRITICAL_PATH,
+        LANDMARK_POPULATIONS,
         MILESTONE_PROGRESS,
         HEALTH_SCORES,
         STALLED_USERS,
