@@ -31,7 +31,15 @@ from onboarding_pipeline_tests.test_postgres_warehouse import canonical
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 SCHEMA = "onboarding"
 # Columns that record when or where a run happened, not what it computed.
-RUN_SPECIFIC = {"written_at", "computed_at", "created_at", "updated_at", "generated_at", "run_id"}
+RUN_SPECIFIC = {
+    "written_at",
+    "computed_at",
+    "created_at",
+    "updated_at",
+    "generated_at",
+    "run_id",
+    "ingested_at",
+}
 
 
 def pg_env(database: str) -> dict[str, str]:

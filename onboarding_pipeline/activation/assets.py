@@ -59,7 +59,9 @@ USER_FEATURES = "user_features"
 
 
 def load_features(warehouse: WarehouseResource) -> pd.DataFrame:
-    frame = warehouse.execute(warehouse.table(USER_FEATURES))
+    # Ordered by user: engines return rows in any order, and the model's row order must not
+    # depend on it (the same data gives the same model version on DuckDB and PostgreSQL).
+    frame = warehouse.execute(warehouse.table(USER_FEATURES).order_by("user_id"))
     frame.index = pd.Index(frame.user_id.to_numpy())  # look-ups by user id; column kept
     return frame
 

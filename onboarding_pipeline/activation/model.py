@@ -41,7 +41,7 @@ from onboarding_pipeline.config.product import ModelRules
 
 # Training reads at most this many users (x their ages), validation this many: enough for a
 # stable model, and bounded time and memory whatever the export's size.
-MAX_TRAIN_USERS = 25_000
+MAX_TRAIN_USERS = 12_000
 MAX_VALIDATION_USERS = 10_000
 
 

@@ -163,7 +163,7 @@ class CriticalPathRules(_Strict):
     # twice: judged once, under the more widespread name.
     alias_jaccard: float = Field(default=0.95, gt=0.5, le=1)
     # Regressions use at most this many users per population (a stratified sample beyond).
-    max_regression_users: int = Field(default=20_000, ge=1_000)
+    max_regression_users: int = Field(default=10_000, ge=1_000)
 
 
 class KpiTargets(_Strict):
