@@ -447,6 +447,7 @@ def _critical_path(paths: pd.DataFrame | None, top: int) -> dict[str, list[dict[
 
     return {
         "drivers": pick("driver", "adjusted_effect", ascending=False),
+        "prerequisites": pick("prerequisite", "adjusted_effect", ascending=False),
         "vanity": pick("vanity", "lift", ascending=False),
         "blockers": pick("blocker", "adjusted_effect", ascending=True),
     }
