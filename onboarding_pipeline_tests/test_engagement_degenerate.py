@@ -24,6 +24,7 @@ from onboarding_pipeline.settings import Settings, default_warehouse_url
 from onboarding_pipeline.warehouse import WarehouseResource
 from onboarding_pipeline_tests.conftest import write
 from onboarding_pipeline_tests.test_engagement import (
+    ENGAGEMENT_ASSETS,
     INVITES,
     NOW,
     PATHS,
@@ -31,16 +32,7 @@ from onboarding_pipeline_tests.test_engagement import (
     queue_inputs,
 )
 
-ENGAGEMENT_AND_REPORT = {
-    "milestone_progress",
-    "health_scores",
-    "stalled_users",
-    "intervention_queue",
-    "intervention_effectiveness",
-    "nudges",
-    "weekly_report",
-    "report_deliveries",
-}
+ENGAGEMENT_AND_REPORT = ENGAGEMENT_ASSETS | {"weekly_report", "report_deliveries"}
 START = datetime(2026, 9, 1, tzinfo=UTC)
 
 
@@ -344,14 +336,7 @@ def test_zero_rows_everywhere_engagement_and_report_succeed(tmp_path: Path) -> N
     warehouse.close()
     defs = build_definitions(settings)
     job = defs.resolve_implicit_global_asset_job_def()
-    engagement = [
-        "milestone_progress",
-        "health_scores",
-        "stalled_users",
-        "intervention_queue",
-        "intervention_effectiveness",
-        "nudges",
-    ]
+    engagement = sorted(ENGAGEMENT_ASSETS)
     with DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
             instance=instance, asset_selection=[AssetKey(n) for n in engagement]

@@ -188,6 +188,7 @@ def _judge(
             "segment": population.segment,
             "event_name": event,
             "population_users": int(keep.sum()),
+            "not_judged": False,
         }
         notes = []
         if not keep.all():
@@ -224,18 +225,22 @@ def _judge(
             row.update(direct.get(event, {}))
             if direct.get(event, {}).get("direct_note"):
                 notes.append(f"direct effect: {direct[event]['direct_note']}")
-            row["works_through"] = population.segment_type == "overall" and _mediator(
-                population,
-                did,
-                events,
-                event,
-                earlier,
-                judged,
-                timing,
-                direct,
-                total,
-                keep & sample,
-                activated,
+            row["works_through"] = (
+                None
+                if population.segment_type != "overall"
+                else _mediator(
+                    population,
+                    did,
+                    events,
+                    event,
+                    earlier,
+                    judged,
+                    timing,
+                    direct,
+                    total,
+                    keep & sample,
+                    activated,
+                )
             )
             e_value, e_value_ci = e_values(row, activated[keep].mean())
             row["e_value"], row["e_value_ci"] = e_value, e_value_ci
@@ -248,8 +253,7 @@ def _judge(
     for column in COLUMNS:
         if column not in table.columns:
             table[column] = np.nan if _dtype(column) is float else None
-    table["not_judged"] = table.get("not_judged", False)
-    return table.assign(not_judged=table.not_judged.fillna(False).astype(bool))
+    return table
 
 
 def _observable(
@@ -418,8 +422,7 @@ def _fit_effect(
     design = _covariates(population, index)
     for name in [event, *adjust]:
         design[f"did::{name}"] = did[index, events.index(name)].astype(float)
-    result = _fit(design, activated[index].astype(int), [f"did::{event}"])[f"did::{event}"]
-    return result
+    return _fit(design, activated[index].astype(int), [f"did::{event}"])[f"did::{event}"]
 
 
 def _direct_effects(

@@ -181,16 +181,6 @@ def build_features(
     return table.rename(renames), chosen, now
 
 
-def daily_early_counts(
-    users: ir.Table, events: ir.Table, config: ProductConfig, now: datetime, names: list[str]
-) -> ir.Table:
-    """`user_id, event_name, day, n`: early events per day of the horizon (day 0 = first 24 h)."""
-    early = early_events(events, user_outcomes(users, events, config, now), config)
-    early = early.filter(early.event_name.isin(names))
-    day = (early.hours_since_signup / 24).floor().cast("int64")
-    return early.group_by("user_id", "event_name", day=day).agg(n=early.count())
-
-
 def leakage_violations(
     features: pd.DataFrame, observation_hours: int, aha_events: list[str] | None = None
 ) -> dict[str, int]:

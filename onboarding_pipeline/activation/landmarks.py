@@ -24,9 +24,6 @@ import pyarrow.compute as pc
 
 from onboarding_pipeline.config import ProductConfig
 
-# Columns of every landmark matrix besides one count per event.
-ENGAGEMENT_COLUMNS = ("events_so_far", "sessions_so_far", "active_days_so_far", "hours_idle")
-
 
 def hour_buckets(
     events: ir.Table,
@@ -74,21 +71,14 @@ class Buckets:
         event_hours: pd.DataFrame,
         session_hours: pd.DataFrame,
     ) -> Buckets:
-        index = pd.Index(user_ids)
-        user = index.get_indexer(pd.Index(event_hours.user_id))
-        keep = user >= 0
-        session_user = index.get_indexer(pd.Index(session_hours.user_id))
-        session_keep = session_user >= 0
-        return cls(
-            user_ids=index,
-            events=list(events),
-            user=user[keep],
-            event=pd.Index(events).get_indexer(pd.Index(event_hours.event_name))[keep],
-            hour=event_hours.hour.to_numpy(dtype=np.int64)[keep],
-            n=event_hours.n.to_numpy(dtype=np.int64)[keep],
-            session_user=session_user[session_keep],
-            session_hour=session_hours.hour.to_numpy(dtype=np.int64)[session_keep],
-            session_n=session_hours.n.to_numpy(dtype=np.int64)[session_keep],
+        """As `from_arrow`, from pandas frames (small inputs, tests)."""
+        return cls.from_arrow(
+            user_ids,
+            events,
+            pa.Table.from_pandas(
+                event_hours.astype({"user_id": str, "event_name": str}), preserve_index=False
+            ),
+            pa.Table.from_pandas(session_hours.astype({"user_id": str}), preserve_index=False),
         )
 
     @classmethod
@@ -99,7 +89,7 @@ class Buckets:
         event_hours: pa.Table,
         session_hours: pa.Table,
     ) -> Buckets:
-        """As `from_frames`, but codes strings once per distinct value (millions of rows)."""
+        """Code user ids and event names once per distinct value (millions of rows)."""
         index = pd.Index(user_ids)
 
         def codes(column: pa.ChunkedArray, vocabulary: pd.Index) -> np.ndarray:
