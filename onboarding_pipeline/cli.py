@@ -1,10 +1,19 @@
-"""`onboarding-pipeline`: run the whole pipeline, or generate sample data."""
+"""`onboarding-pipeline`: run the whole pipeline, or generate sample data.
+
+A mistake in what the user gave (an option, a path, the config, an input file) ends in one
+`Error: ...` line that says what to change, never in a traceback (`--debug` shows it).
+"""
 
 from __future__ import annotations
 
 import sys
+import traceback
 import warnings
+from datetime import date, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -18,13 +27,98 @@ from onboarding_pipeline.settings import (
     Settings,
 )
 
+DAY_FORMAT = "%Y-%m-%d"
 
-@click.group()
-def main() -> None:
+
+def package_version() -> str:
+    try:
+        return version("onboarding-pipeline")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+class Day(click.ParamType):
+    """A calendar day written YYYY-MM-DD."""
+
+    name = "YYYY-MM-DD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> date:
+        if isinstance(value, date):
+            return value
+        try:
+            return datetime.strptime(str(value), DAY_FORMAT).date()
+        except ValueError:
+            self.fail(f"{value!r} is not a day; expected YYYY-MM-DD, e.g. 2026-10-01", param, ctx)
+
+
+class _Group(click.Group):
+    """Turns any error that escapes a command into one line (the traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as error:
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            message = str(error).strip() or type(error).__name__
+            raise click.ClickException(
+                f"{message} ({type(error).__name__}; run with --debug for the traceback)"
+            ) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_version(), "--version", prog_name="onboarding-pipeline")
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an unexpected error.")
+def main(debug: bool) -> None:
     """Onboarding analytics on Dagster: from product events to activation decisions."""
     # Beta/preview notices about Dagster APIs are for developers, not for each run's output.
     warnings.filterwarnings("ignore", module="dagster")
     warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
+
+
+def check_paths(settings: Settings) -> None:
+    """The data directory and the config file exist (a connector needs no data directory)."""
+    data_dir, config = settings.data_dir, settings.config_path
+    missing_data = not data_dir.is_dir()
+    if missing_data and (not config.exists() or config.is_relative_to(data_dir)):
+        what = "is not a directory" if data_dir.exists() else "does not exist"
+        raise click.UsageError(
+            f"data directory {data_dir} {what} (set --data-dir or {ENV_DATA_DIR})"
+        )
+    if not config.is_file():
+        raise click.UsageError(
+            f"config file {config} does not exist (set --config or {ENV_CONFIG}, or put an "
+            "onboarding.yaml in the data directory; only aha_events is required)"
+        )
+    if missing_data:
+        from onboarding_pipeline.config import load_config
+
+        if load_config(config).source.type == "files":
+            raise click.UsageError(
+                f"data directory {data_dir} does not exist (set --data-dir or {ENV_DATA_DIR}); "
+                f"{config} reads events from files there"
+            )
+
+
+def check_warehouse(url: str) -> None:
+    """The warehouse opens (a wrong scheme or an unreachable server fails here, not per asset)."""
+    from onboarding_pipeline.warehouse import WarehouseResource
+
+    warehouse = WarehouseResource(url=url)
+    try:
+        warehouse.connect()
+    except Exception as error:
+        parts = urlsplit(url)
+        shown = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()  # no password
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise click.UsageError(
+            f"cannot open the warehouse {shown}: {first_line} "
+            f"(set --warehouse-url or {ENV_WAREHOUSE_URL})"
+        ) from None
+    finally:
+        warehouse.close()
 
 
 @main.command()
@@ -52,34 +146,45 @@ def main() -> None:
     envvar=ENV_OUTPUT_DIR,
     help="Reports, outbox and local state (default: ./output in the project).",
 )
-@click.option("--start", help="First partition day (YYYY-MM-DD); default: the data's first day.")
-@click.option("--end", help="Last partition day (YYYY-MM-DD); default: the data's last day.")
+@click.option(
+    "--start",
+    type=Day(),
+    help="First day to (re)build; the run covers the partition holding it. Default: the "
+    "data's first day.",
+)
+@click.option(
+    "--end",
+    type=Day(),
+    help="Last day to (re)build, and the day whose week the report covers. Default: the "
+    "data's last day.",
+)
 def run(
     data_dir: Path | None,
     config_path: Path | None,
     warehouse_url: str | None,
     output_dir: Path | None,
-    start: str | None,
-    end: str | None,
+    start: date | None,
+    end: date | None,
 ) -> None:
     """Materialize every asset in process over all the data and print a summary."""
-    from onboarding_pipeline.runner import data_partition_range, run_pipeline
-
     settings = Settings.from_env().with_overrides(
         data_dir=data_dir,
         config_path=config_path,
         warehouse_url=warehouse_url,
         output_dir=output_dir,
     )
-    click.echo(f"data: {settings.data_dir}\nconfig: {settings.config_path}")
+    if start and end and start > end:
+        raise click.BadParameter(f"{start} is after --end {end}", param_hint="'--start'")
     try:
-        span = None
-        if start or end:
-            from onboarding_pipeline.code_location import build_definitions
+        check_paths(settings)
+        check_warehouse(settings.warehouse_url)
+        from onboarding_pipeline.runner import run_pipeline, run_span
 
-            default = data_partition_range(settings, build_definitions(settings)) or ("", "")
-            span = (start or default[0], end or default[1])
-        summary = run_pipeline(settings, partition_range=span, echo=click.echo)
+        click.echo(f"data: {settings.data_dir}\nconfig: {settings.config_path}")
+        span, report_day = run_span(settings, start, end)
+        summary = run_pipeline(
+            settings, partition_range=span, report_day=report_day, echo=click.echo
+        )
     except (ConfigError, InputError) as error:
         raise click.ClickException(str(error)) from None
     for line in summary.lines():
@@ -117,3 +222,7 @@ def generate_sample_command(
         out, users=users, seed=seed, target_events=target_events, fmt=fmt, progress=not quiet
     )
     click.echo(f"wrote {summary.events_written} events for {summary.users} users to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,7 +21,7 @@ from onboarding_pipeline.engagement.assets import ENGAGEMENT_ASSETS, anthropic_r
 from onboarding_pipeline.ingestion.assets import build_raw_events, raw_users
 from onboarding_pipeline.modeling.assets import build_sessions
 from onboarding_pipeline.orchestration import add_orchestration
-from onboarding_pipeline.partitions import daily_partitions
+from onboarding_pipeline.partitions import event_partitions
 from onboarding_pipeline.reporting.assets import add_reporting, weekly_partitions
 from onboarding_pipeline.reporting.mail import email_resource_from_env
 from onboarding_pipeline.reporting.slack import slack_resource_from_env
@@ -32,7 +32,7 @@ from onboarding_pipeline.warehouse import WarehouseResource
 
 def build_definitions(settings: Settings) -> Definitions:
     config = load_config(settings.config_path)
-    partitions = daily_partitions(config)
+    partitions = event_partitions(config)
     warehouse = WarehouseResource(url=settings.warehouse_url)
     defs = Definitions(
         assets=[

@@ -1,15 +1,25 @@
-"""Materialize the whole asset graph in process, asset by asset, over every partition."""
+"""Materialize the whole asset graph in process, asset by asset, over the data's partitions."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
-from dagster import AssetKey, DagsterInstance, DailyPartitionsDefinition, Definitions
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    PartitionKeyRange,
+    TimeWindowPartitionsDefinition,
+)
 
 from onboarding_pipeline.activation.model import ModelStore
 from onboarding_pipeline.code_location import build_definitions
@@ -18,8 +28,17 @@ from onboarding_pipeline.connectors.base import ConnectorSource
 from onboarding_pipeline.engagement.assets import run_summary_lines
 from onboarding_pipeline.ingestion.load import event_date_span
 from onboarding_pipeline.ingestion.sources import FileSource
+from onboarding_pipeline.orchestration.jobs import REPORT_GROUPS
+from onboarding_pipeline.partitions import EVENTS_ASSET, partition_key_of
 from onboarding_pipeline.reporting.assets import report_run_lines, watermark_week
-from onboarding_pipeline.settings import Settings
+from onboarding_pipeline.settings import (
+    ENV_CONFIG,
+    ENV_DATA_DIR,
+    ENV_OUTPUT_DIR,
+    ENV_WAREHOUSE_URL,
+    Settings,
+    default_warehouse_url,
+)
 from onboarding_pipeline.warehouse import WarehouseResource
 from onboarding_pipeline.warehouse.tables import (
     ACTIVATION_SCORES,
@@ -33,6 +52,9 @@ from onboarding_pipeline.warehouse.tables import (
 
 TABLE_NAMES = [*TABLES, "user_features"]
 
+EVENTS_KEY = AssetKey(EVENTS_ASSET)
+T = TypeVar("T")
+
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -42,11 +64,11 @@ telemetry:
   enabled: false
 nux:
   enabled: false
-# One event-log database instead of one file per run: a run over ~150 daily partitions
-# writes hundreds of events, and opening the per-run file for each one made it 2-3x slower.
+# One event-log database instead of one file per run (a run over a range writes two events per
+# partition and asset), kept open and synced lazily: ~11 ms per partition instead of ~40 ms.
 event_log_storage:
-  module: dagster._core.storage.event_log
-  class: ConsolidatedSqliteEventLogStorage
+  module: onboarding_pipeline.local_instance
+  class: LocalSqliteEventLogStorage
   config:
     base_dir: {history}
 # The embedded DuckDB file takes one writing process: runs launched by `dagster dev`'s
@@ -77,6 +99,8 @@ class RunSummary:
     seconds: float = 0.0
     report_lines: list[str] = field(default_factory=list)
     engagement_lines: list[str] = field(default_factory=list)
+    report_file: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         quarantined = sum(self.quarantined_by_reason.values())
@@ -98,6 +122,7 @@ class RunSummary:
                 for kind, names in self.events_by_class.items()
             ],
             *self.engagement_lines,
+            *self.notes,
             "Outputs:",
             f"  warehouse:          {self.settings.warehouse_url} (schema onboarding)",
             "  tables:             onboarding." + ", ".join(TABLE_NAMES),
@@ -107,7 +132,36 @@ class RunSummary:
             f"  output directory:   {self.settings.output_dir}",
             f"  Dagster run history: DAGSTER_HOME={self.dagster_home}",
             *[f"FAILED {name}: {text}" for name, text in self.failures.items()],
+            *self.next_steps(),
         ]
+
+    def next_steps(self) -> list[str]:
+        """What to open next: the report, and the UI on this run's instance and settings."""
+        report = (
+            f"  open the report:    {self.report_file}"
+            if self.report_file and self.report_file.exists()
+            else "  the weekly report was not written (see FAILED above)"
+        )
+        return ["Next:", report, f"  browse in Dagster:  {dagster_dev_command(self)}"]
+
+
+def dagster_dev_command(summary: RunSummary) -> str:
+    """`dagster dev` on the instance and the settings of this run, ready to paste."""
+    defaults = Settings.defaults()
+    settings = summary.settings
+    env = {"DAGSTER_HOME": str(summary.dagster_home)}
+    if settings.data_dir != defaults.data_dir:
+        env[ENV_DATA_DIR] = str(settings.data_dir)
+    if settings.config_path != settings.data_dir / "onboarding.yaml":
+        env[ENV_CONFIG] = str(settings.config_path)
+    if settings.output_dir != defaults.output_dir:
+        env[ENV_OUTPUT_DIR] = str(settings.output_dir)
+    if settings.warehouse_url != default_warehouse_url(settings.output_dir):
+        env[ENV_WAREHOUSE_URL] = settings.warehouse_url
+    dagster = Path(sys.executable).parent / "dagster"
+    program = str(dagster) if dagster.exists() else "dagster"
+    assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
+    return f"{assignments} {shlex.quote(program)} dev -m onboarding_pipeline.definitions"
 
 
 def local_instance(output_dir: Path) -> tuple[DagsterInstance, Path]:
@@ -119,51 +173,119 @@ def local_instance(output_dir: Path) -> tuple[DagsterInstance, Path]:
     home = output_dir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(_INSTANCE_YAML.format(history=json.dumps(str(home / "history"))))
+    wanted = _INSTANCE_YAML.format(history=json.dumps(str(home / "history")))
+    # Written when missing, and brought up to date while it is still the one written here.
+    if not config.exists() or (
+        config.read_text().startswith(_INSTANCE_YAML.splitlines()[0])
+        and config.read_text() != wanted
+    ):
+        config.write_text(wanted)
     return DagsterInstance.from_config(str(home)), home
 
 
-def data_partition_range(settings: Settings, defs: Definitions) -> tuple[str, str] | None:
-    """The daily partitions the input's events span, within the configured partitions."""
-    keys = _partition_keys(defs)
-    if not keys:
+def event_partitions_of(defs: Definitions) -> TimeWindowPartitionsDefinition | None:
+    """The partitions of `raw_events` (and `sessions`): daily, weekly or monthly by config."""
+    if not defs.resolve_asset_graph().has(EVENTS_KEY):
         return None
+    partitions = defs.resolve_assets_def(EVENTS_KEY).partitions_def
+    return partitions if isinstance(partitions, TimeWindowPartitionsDefinition) else None
+
+
+def data_day_span(settings: Settings, defs: Definitions) -> tuple[date, date] | None:
+    """First and last day with plausible events in the input files (None with a connector,
+    whose events arrive during the run, or without events)."""
     if isinstance((defs.resources or {}).get("source"), ConnectorSource):
-        # Events arrive during the run (source_sync): every configured day may hold some.
-        return keys[0], keys[-1]
+        return None
     config = load_config(settings.config_path)
     files = FileSource(data_dir=str(settings.data_dir)).read_events(config.column_mapping.events)
-    span = event_date_span(files, config)
-    if span is None:
-        return keys[0], keys[0]
-    first, last = max(span[0].isoformat(), keys[0]), min(span[1].isoformat(), keys[-1])
-    return (first, last) if first <= last else (keys[0], keys[0])
+    return event_date_span(files, config)
 
 
-def _partition_keys(defs: Definitions) -> list[str]:
-    for key in defs.resolve_asset_graph().get_all_asset_keys():
-        partitions = defs.resolve_assets_def(key).partitions_def
-        if isinstance(partitions, DailyPartitionsDefinition):
-            return list(partitions.get_partition_keys())
-    return []
+def partition_range_for_days(
+    partitions: TimeWindowPartitionsDefinition, first: date, last: date
+) -> tuple[str, str] | None:
+    """The keys of the partitions holding `first` and `last`, clipped to the defined ones."""
+    keys = partitions.get_partition_keys()
+    if not keys:
+        return None
+    low = max(partition_key_of(partitions, first), keys[0])
+    high = min(partition_key_of(partitions, last), keys[-1])
+    return (low, high) if low <= high else (keys[0], keys[0])
+
+
+def data_partition_range(settings: Settings, defs: Definitions) -> tuple[str, str] | None:
+    """The event partitions the input's events span, within the configured partitions."""
+    return _data_range(settings, defs)[0]
+
+
+def _data_range(
+    settings: Settings, defs: Definitions
+) -> tuple[tuple[str, str] | None, date | None]:
+    """The partition range of the input's events and their last day (one read of the files)."""
+    partitions = event_partitions_of(defs)
+    keys = partitions.get_partition_keys() if partitions else []
+    if partitions is None or not keys:
+        return None, None
+    if isinstance((defs.resources or {}).get("source"), ConnectorSource):
+        # Events arrive during the run (source_sync): every configured day may hold some.
+        return (keys[0], keys[-1]), None
+    days = data_day_span(settings, defs)
+    if days is None:
+        return (keys[0], keys[0]), None
+    return partition_range_for_days(partitions, *days), days[1]
+
+
+def run_span(
+    settings: Settings, start: date | None, end: date | None
+) -> tuple[tuple[str, str] | None, date | None]:
+    """The partition range and report day of `run --start/--end` (days; either may be None,
+    then the data's first or last day stands in). Nothing given: (None, None), the default."""
+    if start is None and end is None:
+        return None, None
+    defs = build_definitions(settings)
+    partitions = event_partitions_of(defs)
+    keys = partitions.get_partition_keys() if partitions else []
+    if partitions is None or not keys:
+        return None, end
+    days = data_day_span(settings, defs)
+    first = start or (days[0] if days else partitions.start.date())
+    last = end or (days[1] if days else last_day_of(partitions, keys[-1]))
+    return partition_range_for_days(partitions, first, max(first, last)), last
+
+
+def last_day_of(partitions: TimeWindowPartitionsDefinition, key: str) -> date:
+    """The last day of partition `key` that has begun (the current partition ends later)."""
+    end = min(partitions.time_window_for_partition_key(key).end, datetime.now(UTC))
+    return (end - timedelta(microseconds=1)).date()
 
 
 def run_pipeline(
     settings: Settings,
     *,
     partition_range: tuple[str, str] | None = None,
+    report_day: date | None = None,
     echo: Callable[[str], None] = print,
 ) -> RunSummary:
     """Materialize every asset in dependency order.
 
+    Partitioned assets run once over `partition_range` (default: the partitions the input's
+    events span): their single-run backfill policy makes a range one run. The weekly report
+    runs for the week holding `report_day` (default: the data's last day, or the range's).
     Like a Dagster run, a failure (or a failed blocking check) skips only what depends on it;
     the summary lists both, and the caller decides the exit status.
     """
     started = time.monotonic()
     defs = build_definitions(settings)
     instance, home = local_instance(settings.output_dir)
-    span = partition_range or data_partition_range(settings, defs)
+    partitions = event_partitions_of(defs)
+    span = partition_range
+    if span is None:
+        span, last_day = _data_range(settings, defs)
+        report_day = report_day or last_day
+    if span is not None and partitions is not None:
+        report_day = report_day or last_day_of(partitions, span[1])
+        _warn_if_many_partitions(partitions, span, echo)
+    report_span = (span[0], report_day.isoformat()) if span and report_day else span
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     keys = list(graph.toposorted_asset_keys)
@@ -178,8 +300,13 @@ def run_pipeline(
                 echo(f"[{index}/{len(keys)}] {label} skipped: an upstream asset failed")
                 continue
             partitions_def = defs.resolve_assets_def(key).partitions_def
-            # Weekly assets (the report) run for the week holding the data's watermark.
-            week = watermark_week(partitions_def, span)
+            # Reporting assets run for the week holding the data's watermark (event partitions
+            # may be weekly too: the group, not the partition type, tells them apart).
+            week = (
+                watermark_week(partitions_def, report_span)
+                if graph.get(key).group_name in REPORT_GROUPS
+                else None
+            )
             if week:
                 report_week = week
             tags = (
@@ -210,17 +337,45 @@ def run_pipeline(
     summary = summarize(settings, home, span)
     summary.failures = failures
     if report_week:
+        reported: str = report_week
         warehouse = WarehouseResource(url=settings.warehouse_url)
+        summary.report_file = settings.output_dir / "reports" / reported / "report.html"
         try:
-            summary.report_lines = report_run_lines(settings.output_dir, warehouse, report_week)
+            summary.report_lines = _guarded(
+                "report summary",
+                lambda: report_run_lines(settings.output_dir, warehouse, reported),
+                [],
+                summary.notes,
+            )
         finally:
             warehouse.close()
     summary.seconds = time.monotonic() - started
     return summary
 
 
+# Above this many partitions in one run, Dagster's per-partition bookkeeping (one planned and
+# one materialization event per partition and asset) outweighs the warehouse work.
+MANY_PARTITIONS = 1000
+
+
+def _warn_if_many_partitions(
+    partitions: TimeWindowPartitionsDefinition,
+    span: tuple[str, str],
+    echo: Callable[[str], None],
+) -> None:
+    count = len(partitions.get_partition_keys_in_range(PartitionKeyRange(*span)))
+    if count > MANY_PARTITIONS:
+        echo(
+            f"note: this run covers {count} partitions; Dagster records each one for raw_events "
+            "and sessions (about 10 ms apiece on the local instance). For a long history set "
+            "`partitions: monthly` (or weekly) in onboarding.yaml: the same tables, far fewer "
+            "partitions."
+        )
+
+
 def summarize(settings: Settings, home: Path, span: tuple[str, str] | None) -> RunSummary:
     warehouse = WarehouseResource(url=settings.warehouse_url)
+    notes: list[str] = []
     try:
         quarantine = warehouse.table(QUARANTINE.name)
         reasons = warehouse.execute(quarantine.group_by("reason").agg(rows=quarantine.count()))
@@ -235,18 +390,36 @@ def summarize(settings: Settings, home: Path, span: tuple[str, str] | None) -> R
             events=int(warehouse.execute(warehouse.table(RAW_EVENTS.name).count())),
             sessions=int(warehouse.execute(warehouse.table(SESSIONS.name).count())),
             quarantined_by_reason={row.reason: int(row.rows) for row in reasons.itertuples()},
-            model=_current_model(settings.output_dir / "models"),
+            model=_guarded(
+                "activation model",
+                lambda: _current_model(settings.output_dir / "models"),
+                "-",
+                notes,
+            ),
             users_scored=int(
                 warehouse.execute(scores.filter(scores.population == "onboarding").count())
             ),
+            # One name per class (the table has a row per landmark and event).
             events_by_class={
-                kind: sorted(overall.event_name[overall.classification == kind])
+                kind: sorted(set(overall.event_name[overall.classification == kind]))
                 for kind in ("driver", "vanity", "blocker")
             },
-            engagement_lines=run_summary_lines(warehouse),
+            engagement_lines=_guarded(
+                "engagement summary", lambda: run_summary_lines(warehouse), [], notes
+            ),
+            notes=notes,
         )
     finally:
         warehouse.close()
+
+
+def _guarded(what: str, compute: Callable[[], T], fallback: T, notes: list[str]) -> T:
+    """`compute()`, or `fallback` and a note: a summary section must never hide the run."""
+    try:
+        return compute()
+    except Exception as error:
+        notes.append(f"  {what} unavailable: {type(error).__name__}: {error}")
+        return fallback
 
 
 def _current_model(folder: Path) -> str:

@@ -23,6 +23,15 @@ class Settings:
     output_dir: Path
 
     @classmethod
+    def defaults(cls) -> Settings:
+        """The settings with no environment variable or option set (the bundled sample)."""
+        output_dir = (PROJECT_ROOT / "output").resolve()
+        data_dir = SAMPLE_DATA_DIR.resolve()
+        return cls(
+            data_dir, data_dir / "onboarding.yaml", default_warehouse_url(output_dir), output_dir
+        )
+
+    @classmethod
     def from_env(cls) -> Settings:
         """Settings from the environment, with the bundled sample data as the default."""
         data_dir = Path(os.environ.get(ENV_DATA_DIR) or SAMPLE_DATA_DIR).resolve()

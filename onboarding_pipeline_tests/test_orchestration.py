@@ -41,7 +41,7 @@ from onboarding_pipeline.orchestration.schedules import (
     daily_partition_range,
 )
 from onboarding_pipeline.orchestration.sensors import RunFailure, failure_message
-from onboarding_pipeline.partitions import daily_partitions
+from onboarding_pipeline.partitions import event_partitions
 from onboarding_pipeline.reporting.slack import SlackResource
 from onboarding_pipeline.runner import RANGE_END_TAG, RANGE_START_TAG
 from onboarding_pipeline.settings import SAMPLE_DATA_DIR, Settings
@@ -118,12 +118,29 @@ def test_daily_schedule_targets_the_last_three_days(sample_defs: Definitions) ->
 
 def test_daily_range_is_clipped_to_the_first_partition() -> None:
     config = ProductConfig(aha_events=["x"], partitions_start_date="2026-11-24")
-    partitions = daily_partitions(config)
+    partitions = event_partitions(config)
     assert daily_partition_range(partitions, datetime(2026, 11, 25, 1, 30, tzinfo=UTC), 2) == (
         "2026-11-24",
         "2026-11-25",
     )
     assert daily_partition_range(partitions, datetime(2026, 11, 20, tzinfo=UTC), 2) is None
+
+
+def test_daily_run_with_monthly_partitions_covers_the_months_of_the_last_days() -> None:
+    """`partitions: monthly`: early in a month the nightly run still rebuilds the month before
+    (late events, sessions crossing midnight); later on, the current month alone."""
+    config = ProductConfig(
+        aha_events=["x"], partitions_start_date="2014-11-17", partitions="monthly"
+    )
+    partitions = event_partitions(config)
+    assert daily_partition_range(partitions, datetime(2026, 11, 1, 1, 30, tzinfo=UTC), 2) == (
+        "2026-10-01",
+        "2026-11-01",
+    )
+    assert daily_partition_range(partitions, datetime(2026, 11, 20, 1, 30, tzinfo=UTC), 2) == (
+        "2026-11-01",
+        "2026-11-01",
+    )
 
 
 def test_report_timezone_comes_from_the_report_config() -> None:

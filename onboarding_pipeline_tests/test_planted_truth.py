@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +18,7 @@ from onboarding_pipeline.modeling.sessions import write_sessions
 from onboarding_pipeline.sample_data import generate_sample
 from onboarding_pipeline.settings import SAMPLE_DATA_DIR
 from onboarding_pipeline.warehouse import WarehouseResource
-from onboarding_pipeline_tests.conftest import ingest_all
+from onboarding_pipeline_tests.conftest import SampleRun, ingest_all, write
 
 WINDOW = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
 CONFIG = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-01-01")
@@ -74,17 +76,24 @@ def test_sessions_equal_the_true_sessions(recovered) -> None:  # type: ignore[no
     assert set(supplied.session_id) == set(mobile.session_id)
 
 
-def test_cli_run_on_the_bundled_sample(tmp_path: Path) -> None:
-    """The README's quick start, in process: every asset, then the summary and outputs."""
-    result = CliRunner().invoke(
-        main, ["run", "--output-dir", str(tmp_path)], env={"DAGSTER_HOME": ""}
-    )
-    assert result.exit_code == 0, result.output
+def test_run_on_the_bundled_sample(sample_pipeline_run: SampleRun) -> None:
+    """The README's quick start (the shared session run): every asset, then the summary that
+    `onboarding-pipeline run` prints, down to what to open next. The CLI's own wiring is
+    tested on small data below."""
+    output = sample_pipeline_run.settings.output_dir
+    lines = sample_pipeline_run.summary.lines()
+    text = "\n".join(lines)
+    assert sample_pipeline_run.summary.failures == {}, sample_pipeline_run.summary.failures
     summary = pd.read_json(SAMPLE_DATA_DIR / "truth" / "summary.json", typ="series")
-    assert f"events ingested:    {summary['clean_events']}" in result.output
-    assert f"sessions:           {summary['sessions']}" in result.output
-    assert f"duckdb:///{tmp_path / 'warehouse.duckdb'}" in result.output
-    assert (tmp_path / "dagster_home" / "dagster.yaml").exists()
+    assert f"events ingested:    {summary['clean_events']}" in text
+    assert f"sessions:           {summary['sessions']}" in text
+    assert f"duckdb:///{output / 'warehouse.duckdb'}" in text
+    assert (output / "dagster_home" / "dagster.yaml").exists()
+    assert lines[-3:-1] == [
+        "Next:",
+        f"  open the report:    {output / 'reports' / '2026-10-26' / 'report.html'}",
+    ]
+    assert lines[-1].startswith(f"  browse in Dagster:  DAGSTER_HOME={output / 'dagster_home'} ")
 
 
 def test_cli_generate_sample(tmp_path: Path) -> None:
@@ -112,7 +121,6 @@ def test_cli_on_too_little_data_runs_everything_and_says_what_unlocks_the_model(
 ) -> None:
     """A fresh export with a handful of users: the model is honestly refused (a warning, not a
     failure), everything else runs, and the summary says what would unlock the model."""
-    from onboarding_pipeline_tests.conftest import write
     from onboarding_pipeline_tests.test_ingestion import EVENTS, USERS
 
     write(tmp_path, "users.csv", USERS)
@@ -132,3 +140,81 @@ def test_cli_on_too_little_data_runs_everything_and_says_what_unlocks_the_model(
     for ran in ("sessions", "user_features", "critical_path", "activation_scores", "funnel"):
         assert f"{ran} skipped" not in result.output
     assert "sessions:           3" in result.output
+    # The summary ends with what to open next: the report, and the UI on this run's settings.
+    *_, heading, report, browse = result.output.rstrip().splitlines()
+    out = tmp_path / "out"
+    assert heading == "Next:"
+    assert report.split("open the report:")[1].strip().endswith("report.html")
+    assert Path(report.split("open the report:")[1].strip()).is_file()
+    command = shlex.split(browse.split("browse in Dagster:")[1])
+    assert command[:3] == [
+        f"DAGSTER_HOME={out / 'dagster_home'}",
+        f"ONBOARDING_DATA_DIR={tmp_path}",
+        f"ONBOARDING_OUTPUT_DIR={out}",
+    ]
+    assert command[-3:] == ["dev", "-m", "onboarding_pipeline.definitions"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--start", "2026/10/01"],
+            "Invalid value for '--start': '2026/10/01' is not a day; expected YYYY-MM-DD",
+        ),
+        (["--end", "yesterday"], "Invalid value for '--end': 'yesterday' is not a day"),
+        (
+            ["--start", "2026-10-05", "--end", "2026-10-01"],
+            "Invalid value for '--start': 2026-10-05 is after --end 2026-10-01",
+        ),
+        (["--data-dir", "{tmp}/missing"], "data directory {tmp}/missing does not exist"),
+        (["--data-dir", "{tmp}"], "config file {tmp}/onboarding.yaml does not exist"),
+        (
+            ["--warehouse-url", "mysql://db/x"],
+            "cannot open the warehouse mysql://db/x: ONBOARDING_WAREHOUSE_URL: unsupported scheme",
+        ),
+    ],
+)
+def test_cli_user_errors_are_one_line(tmp_path: Path, arguments: list[str], message: str) -> None:
+    """A user's mistake: one `Error:` line naming the option or path, exit 2, no traceback."""
+    arguments = [a.format(tmp=tmp_path) for a in arguments]
+    result = CliRunner().invoke(main, ["run", "--output-dir", str(tmp_path / "out"), *arguments])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"Error: {message.format(tmp=tmp_path)}")
+    assert not (tmp_path / "out" / "dagster_home").exists()  # nothing ran
+
+
+def test_cli_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"onboarding-pipeline, version {version('onboarding-pipeline')}"
+
+
+def test_cli_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> None:
+    """An error nobody anticipated (here: the output directory is a file) still ends in one
+    line naming its type; --debug prints the traceback for a bug report."""
+    write(tmp_path, "users.csv", "user_id,signup_at\nu1,2026-07-01T00:00:00Z\n")
+    write(tmp_path, "events.csv", "user_id,event_name,timestamp\nu1,x,2026-07-01T01:00:00Z\n")
+    write(tmp_path, "onboarding.yaml", "aha_events: [x]\n")
+    (tmp_path / "out").write_text("not a directory")
+    arguments = [
+        "run",
+        "--data-dir",
+        str(tmp_path),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--warehouse-url",
+        f"duckdb:///{tmp_path / 'w.duckdb'}",
+    ]
+    plain = CliRunner().invoke(main, arguments)
+    assert plain.exit_code == 1
+    assert "Traceback" not in plain.output
+    [error] = [line for line in plain.output.splitlines() if line.startswith("Error: ")]
+    assert "NotADirectoryError; run with --debug for the traceback" in error
+    debug = CliRunner().invoke(main, ["--debug", *arguments])
+    assert debug.exit_code == 1
+    assert "Traceback (most recent call last)" in debug.output

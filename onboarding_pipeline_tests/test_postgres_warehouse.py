@@ -16,9 +16,8 @@ from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.modeling.sessions import write_sessions
 from onboarding_pipeline.sample_data import generate_sample
 from onboarding_pipeline.warehouse import WarehouseResource
-from onboarding_pipeline_tests.conftest import ingest_all
+from onboarding_pipeline_tests.conftest import POSTGRES_URL, ingest_all
 
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 WINDOW = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
 CONFIG = ProductConfig(
     aha_events=["dashboard_shared"],

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
 import psycopg
@@ -26,9 +27,12 @@ from onboarding_pipeline.runner import RunSummary, run_pipeline
 from onboarding_pipeline.sample_data import generate_sample
 from onboarding_pipeline.settings import PROJECT_ROOT, SAMPLE_DATA_DIR, Settings
 from onboarding_pipeline.warehouse import WarehouseResource
+from onboarding_pipeline_tests.conftest import POSTGRES_URL
 from onboarding_pipeline_tests.test_postgres_warehouse import canonical
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
+# The server of the test database (conftest skips this module when it is unreachable).
+SERVER = POSTGRES_URL.rsplit("/", 1)[0]
+_PARTS = urlsplit(POSTGRES_URL)
 SCHEMA = "onboarding"
 # Columns that record when or where a run happened, not what it computed.
 RUN_SPECIFIC = {
@@ -45,10 +49,10 @@ RUN_SPECIFIC = {
 def pg_env(database: str) -> dict[str, str]:
     """The DAGSTER_PG_* values (without prefix) of the committed dagster.yaml."""
     return {
-        "USERNAME": "postgres",
-        "PASSWORD": "",
-        "HOST": "127.0.0.1",
-        "PORT": "5432",
+        "USERNAME": _PARTS.username or "postgres",
+        "PASSWORD": _PARTS.password or "",
+        "HOST": _PARTS.hostname or "127.0.0.1",
+        "PORT": str(_PARTS.port or 5432),
         "DB": database,
     }
 

@@ -16,19 +16,23 @@ import ibis.expr.types as ir
 from onboarding_pipeline.warehouse.resource import WarehouseResource
 from onboarding_pipeline.warehouse.tables import RAW_EVENTS, SESSIONS
 
+# Every window over events sorts by this: timestamp, then the unique event id on ties.
+SESSION_ORDER = ("timestamp", "event_id")
+
 
 def inactivity_sessions(events: ir.Table, timeout: timedelta) -> ir.Table:
     """Sessions of events without a supplied session id, split at gaps longer than `timeout`."""
     events = events.filter(events.session_id.isnull())
-    # Events at the same instant land in the same session whatever their order, so the
-    # timestamp alone orders the window (no string tie-breaker to sort by).
-    order = ibis.window(group_by="user_id", order_by="timestamp")
+    # A total order (event_id is unique) in both windows: ordered by timestamp alone, the
+    # engine may sort tied events one way for `lag` and another for `cumsum`, and a user's
+    # first two events at the same instant then become two sessions with the same id.
+    order = ibis.window(group_by="user_id", order_by=SESSION_ORDER)
     previous = events.timestamp.lag().over(order)
     gap_limit = ibis.interval(seconds=int(timeout.total_seconds()))
     starts_session = previous.isnull() | (events.timestamp > previous + gap_limit)
     numbered = events.mutate(_starts=ibis.ifelse(starts_session, 1, 0))
     numbered = numbered.mutate(
-        _session_number=numbered._starts.cumsum(group_by="user_id", order_by="timestamp")
+        _session_number=numbered._starts.cumsum(group_by="user_id", order_by=SESSION_ORDER)
     )
     sessions = numbered.group_by("user_id", "_session_number").agg(
         session_start=numbered.timestamp.min(),
@@ -128,4 +132,5 @@ def session_violations(
             - sessions.user_id.concat("\x1f", sessions.session_id).nunique(),
         )
     ).iloc[0]
-    return {name: int(value) for name, value in found.items() if value}
+    # Sums over no rows are NULL (NaN in pandas): an empty range has no violations.
+    return {name: int(value) for name, value in found.items() if value == value and value}

@@ -37,14 +37,20 @@ DAILY_LOOKBACK_DAYS = 2
 def daily_partition_range(
     partitions: TimeWindowPartitionsDefinition, now: datetime, lookback_days: int
 ) -> tuple[str, str] | None:
-    """The partition keys from `lookback_days` before `now`'s day up to `now`'s day, clipped to
-    the partitions that exist at `now`."""
+    """The keys of the partitions holding any day from `lookback_days` before `now`'s day up to
+    `now`, clipped to the partitions that exist at `now` (weekly or monthly partitions: the one
+    or two that hold those days)."""
     keys = partitions.get_partition_keys(current_time=now)
-    if not keys:
-        return None
-    wanted_first = (now - timedelta(days=lookback_days)).strftime(partitions.fmt)
-    wanted_last = now.strftime(partitions.fmt)
-    in_range = [key for key in keys if wanted_first <= key <= wanted_last]
+    first_day = (now - timedelta(days=lookback_days)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    in_range: list[str] = []
+    for key in reversed(keys):
+        window = partitions.time_window_for_partition_key(key)
+        if window.end <= first_day:
+            break
+        if window.start <= now:
+            in_range.insert(0, key)
     return (in_range[0], in_range[-1]) if in_range else None
 
 
@@ -58,8 +64,9 @@ def build_daily_refresh_schedule(
         execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING,
         description=(
-            f"Every day at 01:30 UTC: {job.name} over the last {DAILY_LOOKBACK_DAYS + 1} daily "
-            "partitions (late events, and sessions that read the neighbouring days)."
+            f"Every day at 01:30 UTC: {job.name} over the partitions holding the last "
+            f"{DAILY_LOOKBACK_DAYS + 1} days (late events, and sessions that read the "
+            "neighbouring partitions)."
         ),
     )
     def daily_refresh_schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
@@ -67,7 +74,7 @@ def build_daily_refresh_schedule(
             partitions, context.scheduled_execution_time, DAILY_LOOKBACK_DAYS
         )
         if span is None:
-            return SkipReason(f"no daily partition yet (they start on {partitions.start:%Y-%m-%d})")
+            return SkipReason(f"no partition yet (they start on {partitions.start:%Y-%m-%d})")
         return RunRequest(
             run_key=f"daily-{span[1]}",
             tags={RANGE_START_TAG: span[0], RANGE_END_TAG: span[1]},
