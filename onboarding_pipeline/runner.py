@@ -380,7 +380,11 @@ def summarize(settings: Settings, home: Path, span: tuple[str, str] | None) -> R
         quarantine = warehouse.table(QUARANTINE.name)
         reasons = warehouse.execute(quarantine.group_by("reason").agg(rows=quarantine.count()))
         paths = warehouse.table(CRITICAL_PATH.name)
-        overall = warehouse.execute(paths.filter(paths.segment_type == "overall"))
+        # The main landmark (the observation horizon), as the asset's metadata and the report.
+        main = load_config(settings.config_path).observation_hours
+        overall = warehouse.execute(
+            paths.filter((paths.segment_type == "overall") & (paths.landmark_hours == main))
+        )
         scores = warehouse.table(ACTIVATION_SCORES.name)
         return RunSummary(
             settings=settings,
@@ -401,7 +405,7 @@ def summarize(settings: Settings, home: Path, span: tuple[str, str] | None) -> R
             ),
             # One name per class (the table has a row per landmark and event).
             events_by_class={
-                kind: sorted(set(overall.event_name[overall.classification == kind]))
+                kind: sorted(overall.event_name[overall.classification == kind])
                 for kind in ("driver", "vanity", "blocker")
             },
             engagement_lines=_guarded(
