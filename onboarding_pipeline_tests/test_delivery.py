@@ -27,8 +27,9 @@ from werkzeug import Request, Response
 
 from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.reporting.assets import build_reporting_assets, weekly_partitions
-from onboarding_pipeline.reporting.delivery import deliver_report, slack_escape
+from onboarding_pipeline.reporting.delivery import deliver_report, slack_blocks, slack_escape
 from onboarding_pipeline.reporting.mail import EmailResource
+from onboarding_pipeline.reporting.notion import NotionResource
 from onboarding_pipeline.reporting.report import ReportData, load_report, write_report
 from onboarding_pipeline.reporting.slack import SlackResource
 from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
@@ -201,9 +202,14 @@ def test_email_received_with_text_html_and_inline_charts(smtp, warehouse, report
     )
     assert result.failed == {}
     assert sorted(result.sent) == sorted(f"email:{r}" for r in RECIPIENTS)
-    assert len(inbox.envelopes) == 1
-    assert sorted(inbox.envelopes[0].rcpt_tos) == sorted(RECIPIENTS)
-    assert inbox.envelopes[0].mail_from == "reports@example.com"
+    # One message per recipient: nobody sees the other addresses.
+    assert [e.rcpt_tos for e in inbox.envelopes] == [[r] for r in RECIPIENTS]
+    assert {e.mail_from for e in inbox.envelopes} == {"reports@example.com"}
+    assert [m["To"] for m in inbox.messages()] == RECIPIENTS
+    assert "Bcc" not in inbox.messages()[0] and "Cc" not in inbox.messages()[0]
+    message_ids = {r: m["Message-ID"] for r, m in zip(RECIPIENTS, inbox.messages(), strict=True)}
+    assert len(set(message_ids.values())) == 2
+    assert all(m.startswith(f"<onboarding-report.{WEEK}.") for m in message_ids.values())
 
     message = inbox.messages()[0]
     assert message["Subject"] == f"Weekly onboarding report: week of {WEEK}"
@@ -228,7 +234,8 @@ def test_email_received_with_text_html_and_inline_charts(smtp, warehouse, report
     email_rows = rows[rows.channel == "email"]
     assert list(email_rows.status) == ["sent", "sent"]
     assert list(email_rows.attempts) == [1, 1]
-    assert set(email_rows.provider_id) == {message["Message-ID"]}
+    assert dict(zip(email_rows.recipient, email_rows.provider_id, strict=True)) == message_ids
+    assert list(email_rows.idempotency_key) == list(email_rows.provider_id)
     assert email_rows.sent_at.notna().all()
     # No Slack token: Slack went to the outbox in the same run.
     assert rows[rows.channel == "slack"].status.tolist() == ["outbox"]
@@ -239,14 +246,17 @@ def test_rerun_sends_nothing_new_and_force_resends(smtp, warehouse, report, tmp_
     resource = smtp_resource(port)
     deliver(warehouse, report, tmp_path, email_resource=resource)
     again = deliver(warehouse, report, tmp_path, email_resource=resource)
-    assert len(inbox.envelopes) == 1
+    assert len(inbox.envelopes) == 2  # one per recipient, once
     assert again.sent == []
     assert sorted(again.skipped) == sorted(f"email:{r}" for r in RECIPIENTS)
     assert ledger(warehouse).query("channel == 'email'").attempts.tolist() == [1, 1]
 
     forced = deliver(warehouse, report, tmp_path, email_resource=resource, force=True)
-    assert len(inbox.envelopes) == 2
+    assert len(inbox.envelopes) == 4
     assert sorted(forced.sent) == sorted(f"email:{r}" for r in RECIPIENTS)
+    # A deliberate resend is a new message: a new Message-ID (mail systems would drop a repeat).
+    first, resent = inbox.messages()[:2], inbox.messages()[2:]
+    assert not {m["Message-ID"] for m in first} & {m["Message-ID"] for m in resent}
     rows = ledger(warehouse)
     assert len(rows) == 3  # still one row per (week, channel, recipient)
     assert rows.query("channel == 'email'").attempts.tolist() == [2, 2]
@@ -307,6 +317,11 @@ def slack_stub(httpserver: HTTPServer, calls: list[str]) -> None:
     ).respond_with_handler(
         record("files.completeUploadExternal", {"ok": True, "files": [{"id": "F1"}]})
     )
+    # What a rerun reads before it posts again or uploads the charts: an empty channel.
+    for method in ("conversations.history", "conversations.replies"):
+        httpserver.expect_request(f"/api/{method}").respond_with_handler(
+            record(method, {"ok": True, "messages": [], "has_more": False})
+        )
 
 
 def slack_resource(httpserver: HTTPServer, **settings: Any) -> SlackResource:
@@ -389,7 +404,7 @@ def test_slack_server_error_leaves_ledger_retryable_and_email_goes_out(  # type:
     posts = [r for r, _ in httpserver.log if r.path == "/api/chat.postMessage"]
     assert len(posts) == 2  # the first try and one retry with backoff
     assert list(result.failed) == ["slack:#onboarding"]
-    assert len(inbox.envelopes) == 1  # email not blocked by Slack
+    assert len(inbox.envelopes) == 2  # email (one per recipient) not blocked by Slack
     rows = ledger(warehouse).set_index("channel")
     slack_row = rows.loc["slack"]
     assert (slack_row.status, slack_row.attempts) == ("failed", 1)
@@ -408,7 +423,7 @@ def test_slack_server_error_leaves_ledger_retryable_and_email_goes_out(  # type:
         email_resource=smtp_resource(port),
     )
     assert retry.sent == ["slack:#onboarding"]
-    assert len(inbox.envelopes) == 1
+    assert len(inbox.envelopes) == 2
     slack_row = ledger(warehouse).set_index("channel").loc["slack"]
     assert (slack_row.status, slack_row.attempts) == ("sent", 2)
     assert pd.isna(slack_row.last_error)
@@ -450,25 +465,105 @@ def test_outbox_without_credentials_then_sent_once_configured(  # type: ignore[n
         [*(f"email:{r}" for r in RECIPIENTS), "slack:#onboarding"]
     )
     assert result.sent == [] and result.failed == {}
-    eml = email.message_from_bytes((outbox / "email.eml").read_bytes(), policy=email.policy.default)
-    assert eml["To"] == ", ".join(RECIPIENTS)
-    assert eml.get_content_type() == "multipart/alternative"
+    for recipient in RECIPIENTS:
+        eml = email.message_from_bytes(
+            (outbox / "email" / f"{recipient}.eml").read_bytes(), policy=email.policy.default
+        )
+        assert eml["To"] == recipient
+        assert eml.get_content_type() == "multipart/alternative"
     slack = json.loads((outbox / "slack.json").read_text())
     assert slack["chat.postMessage"]["channel"] == "#onboarding"
     assert slack["chat.postMessage"]["blocks"][0]["type"] == "header"
     assert [f["filename"] for f in slack["files_upload_v2"]] == ["base_rate.png", "funnel.png"]
     rows = ledger(warehouse)
     assert set(rows.status) == {"outbox"} and (rows.attempts == 0).all()
-    assert set(rows.outbox_path) == {str(outbox / "email.eml"), str(outbox / "slack.json")}
+    assert set(rows.outbox_path) == {
+        *(str(outbox / "email" / f"{r}.eml") for r in RECIPIENTS),
+        str(outbox / "slack.json"),
+    }
 
     # Credentials arrive: the outbox rows are delivered for real, once.
     later = deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
     assert sorted(later.sent) == sorted(f"email:{r}" for r in RECIPIENTS)
-    assert len(inbox.envelopes) == 1
+    assert len(inbox.envelopes) == 2
 
 
 def test_slack_escape() -> None:
     assert slack_escape("<!channel> & <@U1>") == "&lt;!channel&gt; &amp; &lt;@U1&gt;"
+
+
+def mrkdwn_objects(value: Any) -> Iterator[dict[str, Any]]:
+    """Every mrkdwn text object inside a Block Kit payload."""
+    if isinstance(value, dict):
+        if value.get("type") == "mrkdwn":
+            yield value
+        for child in value.values():
+            yield from mrkdwn_objects(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from mrkdwn_objects(child)
+
+
+HOSTILE_TITLE = "<!here> Weekly <@U0BOSS> <https://evil.example|report>"
+
+
+def test_slack_mentions_and_links_from_config_and_data_arrive_as_text(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, warehouse, report, tmp_path
+) -> None:
+    """The title (config), a KPI label, a review item and a "not enough data" reason (data)
+    carry Slack control sequences; the payload the real slack-sdk posts has them as text."""
+    data, charts = report
+    data.title = HOSTILE_TITLE
+    data.kpis[0]["label"] = "Activation <!channel>"
+    data.review[0].update(
+        owner="<@U0OWNER>", evidence="Log in at <https://evil.example/login|our site> & see"
+    )
+    calls: list[str] = []
+    slack_stub(httpserver, calls)
+
+    result = deliver(warehouse, (data, charts), tmp_path, slack=slack_resource(httpserver))
+
+    assert result.failed == {} and "slack:#onboarding" in result.sent
+    posted = next(
+        request for request, _ in httpserver.log if request.path == "/api/chat.postMessage"
+    )
+    payload = posted.get_json() if posted.is_json else dict(posted.form)
+    blocks = (
+        payload["blocks"] if isinstance(payload["blocks"], list) else json.loads(payload["blocks"])
+    )
+    # The notification text: every control sequence of the title is escaped.
+    assert payload["text"] == (
+        f"&lt;!here&gt; Weekly &lt;@U0BOSS&gt; &lt;https://evil.example|report&gt;: week of {WEEK}"
+    )
+    # The header is plain_text (never parsed by Slack): the title as configured.
+    assert blocks[0]["text"] == {"type": "plain_text", "text": f"{HOSTILE_TITLE}: week of {WEEK}"}
+    texts = list(mrkdwn_objects(blocks))
+    assert texts and all(t["verbatim"] is True for t in texts)
+    # No raw `<` or `>` anywhere in mrkdwn: no mention, broadcast or disguised link survives.
+    assert not any("<" in t["text"] or ">" in t["text"] for t in texts)
+    joined = "\n".join(t["text"] for t in texts)
+    assert "*Activation &lt;!channel&gt;* :warning:" in joined
+    assert "(&lt;@U0OWNER&gt;)" in joined
+    assert "Log in at &lt;https://evil.example/login|our site&gt; &amp; see" in joined
+    # The formatting the summary adds itself is still markup.
+    assert "*Issues for the weekly review*" in joined
+
+    data.kpis = None
+    data.missing["kpis"] = "no cohort <!everyone>"
+    _, empty_blocks = slack_blocks(data)
+    assert "_Not enough data yet: no cohort &lt;!everyone&gt;._" in [
+        t["text"] for t in mrkdwn_objects(empty_blocks)
+    ]
+
+
+def test_slack_text_cut_to_the_limit_never_ends_in_half_an_entity(report) -> None:  # type: ignore[no-untyped-def]
+    data, _ = report
+    for length in range(2990, 2996):  # every offset of a 5-character `&amp;` at the cut
+        data.review[0]["evidence"] = "x" * length + "&" * 400
+        _, blocks = slack_blocks(data)
+        section = next(t["text"] for t in mrkdwn_objects(blocks) if "weekly review" in t["text"])
+        assert len(section) <= 3000
+        assert section.endswith(("x", "&amp;")), section[-8:]
 
 
 # ---------------------------------------------------------------- Dagster assets
@@ -481,6 +576,8 @@ def test_assets_deliver_once_and_force_resends(smtp, tmp_path: Path) -> None:  #
     config_path = tmp_path / "onboarding.yaml"
     config_path.write_text(
         "aha_events: [dashboard_shared]\npartitions_start_date: 2026-06-01\n"
+        # The data's "now" in the report week: the current week, so it is delivered.
+        "as_of: 2026-10-30T12:00:00Z\n"
         f"report: {{recipients: [{RECIPIENTS[0]}], slack_channel: '#onboarding'}}\n"
     )
     config = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-06-01")
@@ -492,6 +589,7 @@ def test_assets_deliver_once_and_force_resends(smtp, tmp_path: Path) -> None:  #
         "outputs": OutputDirResource(path=str(tmp_path / "out")),
         "slack": SlackResource(),
         "email": smtp_resource(port),
+        "notion": NotionResource(),
     }
     first = materialize(assets, resources=resources, partition_key=WEEK)
     assert first.success
@@ -523,7 +621,10 @@ def test_asset_fails_visibly_when_a_channel_fails(  # type: ignore[no-untyped-de
         {"ok": False, "error": "channel_not_found"}
     )
     config_path = tmp_path / "onboarding.yaml"
-    config_path.write_text("aha_events: [dashboard_shared]\npartitions_start_date: 2026-06-01\n")
+    config_path.write_text(
+        "aha_events: [dashboard_shared]\npartitions_start_date: 2026-06-01\n"
+        "as_of: 2026-10-30T12:00:00Z\n"
+    )
     config = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-06-01")
     warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
     result = materialize(
@@ -534,6 +635,7 @@ def test_asset_fails_visibly_when_a_channel_fails(  # type: ignore[no-untyped-de
             "outputs": OutputDirResource(path=str(tmp_path / "out")),
             "slack": slack_resource(httpserver),
             "email": EmailResource(),
+            "notion": NotionResource(),
         },
         partition_key=WEEK,
         raise_on_error=False,
@@ -601,12 +703,13 @@ def test_email_over_tls_with_login(  # type: ignore[no-untyped-def]
         )
         result = deliver(warehouse, report, tmp_path, email_resource=resource)
         assert result.failed == {}
-        assert len(inbox.envelopes) == 1 and logins == [b"reporter"]
+        # One session for both messages: one login.
+        assert len(inbox.envelopes) == 2 and logins == [b"reporter"]
         # Without the CA the certificate is rejected: nothing is sent, the ledger says why.
         untrusted = resource.model_copy(update={"ca_file": None})
         failed = deliver(warehouse, report, tmp_path, email_resource=untrusted, force=True)
         assert "CERTIFICATE_VERIFY_FAILED" in failed.failed["email:stakeholders@example.com"]
-        assert len(inbox.envelopes) == 1
+        assert len(inbox.envelopes) == 2
         assert set(ledger(warehouse).query("channel == 'email'").status) == {"failed"}
     finally:
         controller.stop()
@@ -620,7 +723,7 @@ def test_ledger_on_postgres(smtp, report, tmp_path) -> None:  # type: ignore[no-
     try:
         deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
         again = deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
-        assert len(inbox.envelopes) == 1 and again.sent == []
+        assert len(inbox.envelopes) == 2 and again.sent == []
         rows = ledger(warehouse)
         assert rows.status.tolist() == ["sent", "sent", "outbox"]
         assert rows.attempts.tolist() == [1, 1, 0]

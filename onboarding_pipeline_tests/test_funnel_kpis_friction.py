@@ -56,7 +56,7 @@ FUNNEL_USERS = users_frame(
         ("u3", "2026-01-06T00:00Z", "engineer", "free"),  # A1 C2 B5: C before B, drops at C
         ("u4", "2026-01-07T00:00Z", "engineer", "pro"),  # B1 A2: B before A, drops at B
         ("u5", "2026-01-12T00:00Z", None, "free"),  # A1, B after the window: drops at B
-        ("u6", "2026-01-12T00:00Z", "analyst", "free"),  # nothing: drops at A
+        ("u6", "2026-01-12T00:00Z", "analyst", None),  # nothing: drops at A
         ("u7", "2026-01-13T00:00Z", "manager", "pro"),  # A10 B20 C30: reaches C
         ("u8", "2026-02-25T00:00Z", "analyst", "free"),  # open window, A3 only: never dropped
         ("u9", "2026-02-26T00:00Z", "manager", None),  # open window, A1 B2 C3: known converter
@@ -99,15 +99,14 @@ def test_funnel_overall_matches_hand_count(funnel: pd.DataFrame) -> None:
     assert list(funnel.columns) == FUNNEL_COLUMNS
     assert list(overall.index) == STEPS and list(overall["step_index"]) == [1, 2, 3]
     assert set(overall["segment"]) == {"all"}
-    # entered = 7 closed-window users (u1-u7) + open-window users who reached the step.
-    # A: reached u1 u2 u3 u4 u5 u7 u8 u9; dropped u6.
-    # B: reached u1 u2 u3 u7 u9 (u4 out of order, u5 late); u8 is open: neither entered nor
-    #    dropped; at previous = reached A and entered = u1 u2 u3 u4 u5 u7 u9; dropped u4 u5.
-    # C: reached u1 u7 u9 (u3 did C before B); at previous = u1 u2 u3 u7 u9; dropped u2 u3.
+    # Closed windows only: u1-u7 (u8-u10 may still reach anything, so they are in no count).
+    # A: reached u1 u2 u3 u4 u5 u7; dropped u6.
+    # B: reached u1 u2 u3 u7 (u4 out of order, u5 late); at previous = reached A; dropped u4 u5.
+    # C: reached u1 u7 (u3 did C before B); at previous = u1 u2 u3 u7; dropped u2 u3.
     expected = {
-        "A": (9, 8, 9, 1),
-        "B": (8, 5, 7, 2),
-        "C": (8, 3, 5, 2),
+        "A": (7, 6, 7, 1),
+        "B": (7, 4, 6, 2),
+        "C": (7, 2, 4, 2),
     }
     for step, (entered, reached, at_previous, dropped) in expected.items():
         row = overall.loc[step]
@@ -121,22 +120,46 @@ def test_funnel_overall_matches_hand_count(funnel: pd.DataFrame) -> None:
         assert row["conversion_from_previous"] == pytest.approx(reached / at_previous)
         assert row["drop_off_rate"] == pytest.approx(dropped / at_previous)
     # Hours from the previous step (signup for A) among those who reached the step:
-    # A: 1 2 1 2 1 10 3 1 -> 1.5; B: 2 2 4 10 1 -> 2; C: 4 10 1 -> 4.
-    assert list(overall["median_hours_from_previous"]) == pytest.approx([1.5, 2.0, 4.0])
+    # A: 1 2 1 2 1 10 -> 1.5; B: 2 2 4 10 -> 3; C: 4 10 -> 7.
+    assert list(overall["median_hours_from_previous"]) == pytest.approx([1.5, 3.0, 7.0])
 
 
 def test_funnel_week_rows_match_hand_count(funnel: pd.DataFrame) -> None:
     weeks = funnel[funnel["segment_type"] == "signup_week"]
-    assert sorted(set(weeks["segment"])) == ["2026-01-05", "2026-01-12", "2026-02-23"]
+    # The week of 2026-02-23 has open windows only: not in the funnel yet.
+    assert sorted(set(weeks["segment"])) == ["2026-01-05", "2026-01-12"]
     first_week = weeks[weeks["segment"] == "2026-01-05"].set_index("step")
     # u1-u4, all closed: C reached by u1, dropped by u2 and u3.
     c_row = first_week.loc["C"]
     assert (c_row["users_entered"], c_row["users_reached"], c_row["dropped"]) == (4, 1, 2)
-    open_week = weeks[weeks["segment"] == "2026-02-23"].set_index("step")
-    # u8 (A only) and u9 (all) are in; u10 (nothing yet) is in no denominator; nobody dropped.
-    assert open_week["users_entered"].tolist() == [2, 1, 1]
-    assert open_week["dropped"].tolist() == [0, 0, 0]
-    assert open_week.loc["A", "conversion_from_start"] == 1.0
+
+
+def test_funnel_last_aha_step_is_the_activation_kpi() -> None:
+    """With the aha event as the last step, the funnel ends on the activation KPI of the same
+    closed windows: every activated user counts, whatever path led there."""
+    users = FUNNEL_USERS.assign(
+        activated=[True, False, True, False, False, False, True, False, True, False],
+        first_aha_at=pd.NaT,
+    )
+    table = build_funnel(users, FUNNEL_EVENTS, STEPS, WINDOW_DAYS, WATERMARK, ["C"])
+    last = table[table.segment_type == "overall"].set_index("step").loc["C"]
+    kpi = onboarding_kpis(
+        users,
+        FUNNEL_EVENTS,
+        pd.DataFrame({"user_id": [], "day": pd.to_datetime([], utc=True)}),
+        window_days=WINDOW_DAYS,
+        tiers_days=[7],
+        retention_days=30,
+        onboarding_steps=[],
+        targets=KpiTargets(),
+        watermark=WATERMARK,
+    ).set_index(["signup_week", "kpi"])
+    rate = kpi.loc[("all", "activation_rate")]
+    assert (last.users_reached, last.users_entered) == (rate.numerator, rate.denominator) == (3, 7)
+    assert last.conversion_from_start == pytest.approx(rate.value)
+    # Of the 4 users who reached B (u1 u2 u3 u7), u1 u3 u7 activated (u3 did C before B).
+    assert (last.users_at_previous, last.dropped) == (4, 1)
+    assert last.conversion_from_previous == pytest.approx(3 / 4)
 
 
 def test_funnel_segments_sum_to_overall(funnel: pd.DataFrame) -> None:

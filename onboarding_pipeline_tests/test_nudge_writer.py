@@ -18,10 +18,13 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from onboarding_pipeline.engagement.nudge_writer import (
+    DEFAULT_PRICES,
     AnthropicResource,
     NudgeRequest,
     NudgeSettings,
     check_message,
+    render_message,
+    run_usage,
     template_message,
     write_nudges,
 )
@@ -335,6 +338,8 @@ def test_settings_are_strict() -> None:
         "concurrency": 4,
         "max_tokens": 300,
         "max_consecutive_failures": 3,
+        "allowed_domains": (),
+        "prices": {name: price.model_dump() for name, price in DEFAULT_PRICES.items()},
     }
     with pytest.raises(ValidationError):
         NudgeSettings(max_word=50)  # type: ignore[call-arg]
@@ -370,3 +375,346 @@ def test_optional_key_from_the_environment_inside_a_run(monkeypatch: pytest.Monk
     assert dg.materialize([probe], resources={"anthropic_api": resource}).success
     assert seen[0] is None
     assert isinstance(seen[1], anthropic.Anthropic) and seen[1].api_key == "from-env"
+
+
+# ---------------------------------------------------------------- output guard
+
+
+def reply(**changes: Any) -> dict[str, Any]:
+    return {**message_json(GOOD_TEXT), **changes}
+
+
+MALFORMED = [
+    pytest.param("<html>Bad gateway</html>", "text/html", "body is not JSON", id="html"),
+    pytest.param("not json", "application/json", "body is not JSON", id="garbage"),
+    pytest.param("", "application/json", "body is not JSON", id="empty-body"),
+    pytest.param("{}", "application/json", "malformed API response: id: Field required", id="{}"),
+    pytest.param("[]", "application/json", "malformed API response: body", id="list"),
+    pytest.param(reply(content="hello"), None, "content: Input should be a valid list", id="str"),
+    pytest.param(
+        reply(content=[{"type": "text", "text": 5}]), None, "content.0", id="text-not-a-string"
+    ),
+    pytest.param(
+        reply(usage={"input_tokens": "many", "output_tokens": 3}), None, "usage", id="usage"
+    ),
+    pytest.param(reply(content=[]), None, "no text block in the reply (got nothing)", id="none"),
+    pytest.param(
+        reply(content=[{"type": "tool_use", "id": "t1", "name": "lookup", "input": {}}]),
+        None,
+        "no text block in the reply (got tool_use)",
+        id="tool-use",
+    ),
+    pytest.param(
+        reply(content=[{"type": "text", "text": ""}]), None, "empty message", id="empty-text"
+    ),
+    pytest.param(reply(stop_reason="refusal"), None, "stop_reason refusal", id="refusal"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "reason"), MALFORMED)
+def test_a_malformed_reply_gets_the_template_with_the_reason(
+    stub: HTTPServer, tmp_path: Path, body: Any, content_type: str | None, reason: str
+) -> None:
+    if content_type is None:
+        stub.expect_request(MESSAGES, method="POST").respond_with_json(body)
+    else:
+        stub.expect_request(MESSAGES, method="POST").respond_with_data(
+            body, content_type=content_type
+        )
+
+    [result] = write_nudges([ANA], client_for(stub), NudgeSettings(), tmp_path)
+
+    assert len(stub.log) == 1 and stub.log[0][1].status_code == 200
+    assert result.message_source == "template"
+    assert result.message == template_message(ANA)
+    assert result.note is not None and reason in result.note, result.note
+    assert list(tmp_path.glob("*.json")) == []  # nothing malformed is cached
+
+
+def test_an_api_that_answers_garbage_is_not_called_for_every_user(
+    stub: HTTPServer, tmp_path: Path
+) -> None:
+    stub.expect_request(MESSAGES, method="POST").respond_with_json({})
+    settings = NudgeSettings(concurrency=1, max_consecutive_failures=3)
+
+    results = write_nudges([user(i) for i in range(6)], client_for(stub), settings, tmp_path)
+
+    assert len(stub.log) == 3
+    assert [r.message_source for r in results] == ["template"] * 6
+    assert all(r.note and "in a row" in r.note for r in results[3:])
+
+
+PHISHING = "Log in at https://acme-login.example and enter your password and card number."
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (PHISHING, "link outside allowed_domains (https://acme-login.example)"),
+        ("Hi Ana, connect your data at acme-sources.example today.", "acme-sources.example"),
+        ("Hi Ana, write to help@evil.example and we connect it for you.", "evil.example"),
+        ("Hi Ana, open www.evil.example/start to connect.", "www.evil.example"),
+        ("Hi Ana, open https://app.acme.example.evil.example/x now.", "app.acme.example.evil"),
+        ("Hi Ana, click javascript:alert(1) to connect.", "javascript:alert(1)"),
+        ("Hi Ana, your server is at 10.0.0.7, connect it now.", "10.0.0.7"),
+        ("Hi Ana, reply with your password and we connect it.", "mentions a password"),
+        ("Hi Ana, add your credit card number to unlock sources.", "mentions card details"),
+        ("Hi Ana, paste your API key here to connect.", "mentions credentials"),
+        ("Hi Ana, send us your login credentials.", "mentions credentials"),
+        ("Hi Ana, tell us the verification code we sent.", "mentions a one-time code"),
+        ("Hi XXX, connect your data source today.", "placeholder"),
+        ("Hi FIRST_NAME, connect your data source today.", "placeholder"),
+        ("Hi {name}, connect your data source today.", "placeholder"),
+        ("Hi Ana, the [Company] team is waiting.", "placeholder"),
+        ("Hi <NAME>, connect your data source today.", "placeholder"),
+    ],
+)
+def test_unsafe_output_is_replaced_by_the_template(
+    stub: HTTPServer, tmp_path: Path, text: str, reason: str
+) -> None:
+    stub.expect_request(MESSAGES, method="POST").respond_with_json(message_json(text))
+    settings = NudgeSettings(allowed_domains=("acme.example",))
+
+    [result] = write_nudges([ANA], client_for(stub), settings, tmp_path)
+
+    assert result.message_source == "template"
+    assert result.message == template_message(ANA)
+    assert result.note is not None and reason in result.note, result.note
+    assert result.note.startswith("model output rejected: ")
+
+
+def test_links_to_the_products_own_domains_pass(stub: HTTPServer, tmp_path: Path) -> None:
+    text = "Hi Ana, open https://app.acme.example/sources or docs.acme.example to connect."
+    stub.expect_request(MESSAGES, method="POST").respond_with_json(message_json(text))
+
+    [allowed] = write_nudges(
+        [ANA], client_for(stub), NudgeSettings(allowed_domains=("Acme.Example",)), tmp_path
+    )
+    assert allowed.message_source == "llm" and allowed.message == text
+    assert "Links may only point to acme.example" in bodies(stub)[0]["system"]
+    # Without an allowlist no link is allowed, and the cached message is re-checked too.
+    [cached] = write_nudges([ANA], None, NudgeSettings(), tmp_path)
+    assert cached.message_source == "template"
+    assert "Include no links" in system_text(NudgeSettings())
+
+
+def system_text(settings: NudgeSettings) -> str:
+    from onboarding_pipeline.engagement.nudge_writer import system_prompt
+
+    return system_prompt("en", settings.max_words, settings.allowed_domains)
+
+
+def test_a_step_about_a_password_may_name_it_but_not_ask_for_a_card(
+    stub: HTTPServer, tmp_path: Path
+) -> None:
+    step = replace(ANA, next_action="set_password")
+    stub.expect_ordered_request(MESSAGES, method="POST").respond_with_json(
+        message_json("Hi Ana, set your password in Settings to finish your account.")
+    )
+    stub.expect_ordered_request(MESSAGES, method="POST").respond_with_json(
+        message_json("Hi Ana, set your password and add your card number to finish.")
+    )
+    client = client_for(stub)
+
+    [named] = write_nudges([step], client, NudgeSettings(), tmp_path)
+    [asked] = write_nudges([replace(step, user_id="u2")], client, NudgeSettings(), tmp_path)
+
+    assert named.message_source == "llm"
+    assert asked.message_source == "template" and "card details" in (asked.note or "")
+
+
+def test_allowed_domains_must_be_bare_domains() -> None:
+    for bad in ("https://acme.example/", "acme.example/login", "acme.example:443", "localhost"):
+        with pytest.raises(ValidationError, match="allowed_domains takes bare domain names"):
+            NudgeSettings(allowed_domains=(bad,))
+    assert NudgeSettings(
+        allowed_domains=("App.Acme.Example.", "bücher.example")
+    ).allowed_domains == (
+        "app.acme.example",
+        "xn--bcher-kva.example",
+    )
+
+
+def test_config_error_names_the_file_and_key(tmp_path: Path) -> None:
+    from onboarding_pipeline.config import ConfigError, load_config
+
+    path = tmp_path / "onboarding.yaml"
+    path.write_text(
+        "aha_events: [dashboard_shared]\n"
+        "interventions:\n  nudges:\n    allowed_domains: ['https://acme.example']\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+    assert "interventions.nudges.allowed_domains" in str(error.value)
+
+
+# ---------------------------------------------------------------- tokens and cost
+
+
+def test_tokens_and_estimated_cost_of_a_run(stub: HTTPServer, tmp_path: Path) -> None:
+    stub.expect_ordered_request(MESSAGES, method="POST").respond_with_json(message_json(GOOD_TEXT))
+    stub.expect_ordered_request(MESSAGES, method="POST").respond_with_json(
+        message_json("Hi Ana, enter your password to connect your data source.")
+    )
+    stub.expect_ordered_request(MESSAGES, method="POST").respond_with_json({})
+    settings = NudgeSettings(concurrency=1)
+    requests = [user(1), user(2), user(3)]
+
+    results = write_nudges(requests, client_for(stub), settings, tmp_path)
+
+    assert [r.message_source for r in results] == ["llm", "template", "template"]
+    usage = run_usage(results, settings.prices)
+    # Two replies carried usage (120 in, 45 out each; the rejected one is billed too); `{}`
+    # carried none. claude-haiku-4-5-20251001 is priced as claude-haiku-4-5: $1 / $5 per MTok.
+    assert (usage.replies, usage.input_tokens, usage.output_tokens) == (2, 240, 90)
+    assert usage.estimated_cost_usd == pytest.approx((240 * 1.0 + 90 * 5.0) / 1e6)
+    assert usage.unpriced_models == ()
+
+    rerun = write_nudges(requests[:1], client_for(stub), settings, tmp_path)
+    assert rerun[0].message_source == "cache"
+    assert run_usage(rerun, settings.prices).estimated_cost_usd == 0.0
+
+    unpriced = NudgeSettings(
+        prices={"other-model": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 1}}
+    )
+    assert "claude-haiku-4-5" in unpriced.prices  # configured prices add to the defaults
+    custom = run_usage(results, {"claude-haiku-4-5": DEFAULT_PRICES["claude-sonnet-4-5"]})
+    assert custom.estimated_cost_usd == pytest.approx((240 * 3.0 + 90 * 15.0) / 1e6)
+    unknown = run_usage(results, {})
+    assert unknown.estimated_cost_usd is None
+    assert unknown.unpriced_models == ("claude-haiku-4-5-20251001",)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def test_html_channels_escape_user_text_and_plain_text_channels_keep_it() -> None:
+    company = "<img src=x onerror=alert(1)>"
+    message = template_message(replace(ANA, company=company))
+    assert company in message  # the stored message is plain text, as the user typed it
+    assert render_message(message, "text") == message
+    shown = render_message(message, "html")
+    assert "<img" not in shown
+    assert "the &lt;img src=x onerror=alert(1)&gt; team" in shown
+    assert render_message('Q&A "today"\nBye', "html") == "Q&amp;A &quot;today&quot;<br>\nBye"
+
+
+def test_user_text_loses_scheme_urls_before_it_reaches_model_or_template(
+    stub: HTTPServer, tmp_path: Path
+) -> None:
+    stub.expect_request(MESSAGES, method="POST").respond_with_json(message_json(GOOD_TEXT))
+    hostile = replace(ANA, company="Acme https://evil.example/login javascript:alert(1)")
+
+    write_nudges([hostile], client_for(stub), NudgeSettings(), tmp_path)
+
+    raw = stub.log[0][0].get_data(as_text=True)
+    assert "evil.example" not in raw and "javascript" not in raw
+    assert "https://" not in template_message(hostile)
+
+
+# ---------------------------------------------------------------- the nudges asset
+
+
+def test_nudges_asset_survives_garbage_and_reports_tokens_and_cost(
+    stub: HTTPServer, tmp_path: Path
+) -> None:
+    """The Dagster asset with the real client: one good reply, one phishing reply, one `{}`,
+    one non-JSON body. The asset succeeds, every row says who wrote it and why, and the
+    metadata carries the tokens and the estimated cost."""
+    import pandas as pd
+
+    from onboarding_pipeline.activation.assets import table_to_arrow
+    from onboarding_pipeline.engagement.assets import nudges
+    from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
+    from onboarding_pipeline.warehouse import WarehouseResource
+    from onboarding_pipeline.warehouse.tables import INTERVENTION_QUEUE, RAW_USERS
+
+    replies = iter(
+        [
+            Response(json.dumps(message_json(GOOD_TEXT)), content_type="application/json"),
+            Response(json.dumps(message_json(PHISHING)), content_type="application/json"),
+            Response("{}", content_type="application/json"),
+            Response("<html>502</html>", content_type="text/html"),
+        ]
+    )
+    stub.expect_request(MESSAGES, method="POST").respond_with_handler(lambda _: next(replies))
+    ids = [f"u{i}" for i in range(5)]
+
+    def full(spec: Any, columns: dict[str, Any]) -> Any:
+        frame = pd.DataFrame({name: columns.get(name) for name in spec.schema.names})
+        return table_to_arrow(frame, spec.schema)
+
+    now = pd.Timestamp("2026-11-02 08:00", tz="UTC")
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    warehouse.replace_all(
+        INTERVENTION_QUEUE.name,
+        full(
+            INTERVENTION_QUEUE,
+            {
+                "user_id": ids,
+                "next_action": ["connect_data_source"] * 5,
+                "intervention_type": ["nudge"] * 5,
+                "channel": ["email"] * 5,
+                "owner": ["cs"] * 5,
+                "escalation_step": [1] * 5,
+                "holdout": [False] * 4 + [True],
+                "experiment": ["x"] * 5,
+                "queued_on": [now.date()] * 5,
+                "queued_at": [now] * 5,
+            },
+        ),
+    )
+    warehouse.replace_all(
+        RAW_USERS.name,
+        full(
+            RAW_USERS,
+            {
+                "user_id": ids,
+                "signup_at": [now] * 5,
+                "first_name": ["Ana", "Bo", "Cy", "Di", "Ed"],
+                "company": ["<img src=x onerror=alert(1)>"] * 5,
+            },
+        ),
+    )
+    warehouse.close()
+    config = tmp_path / "onboarding.yaml"
+    config.write_text(
+        "aha_events: [dashboard_shared]\n"
+        "interventions:\n  nudges:\n    concurrency: 1\n    max_consecutive_failures: 5\n",
+        encoding="utf-8",
+    )
+
+    result = dg.materialize(
+        [nudges],
+        resources={
+            "warehouse": warehouse,
+            "product_config": ProductConfigResource(path=str(config)),
+            "outputs": OutputDirResource(path=str(tmp_path / "out")),
+            "anthropic": AnthropicResource(
+                api_key="test-key", base_url=f"http://{stub.host}:{stub.port}", max_retries=0
+            ),
+        },
+    )
+
+    assert result.success
+    rows = warehouse.execute(warehouse.table("nudges"))
+    assert sorted(rows.user_id) == ids[:4]  # the holdout user gets no message
+    # Which user got which reply depends on the queue's row order; what each kind got does not.
+    assert sorted(rows.message_source) == ["llm", "template", "template", "template"]
+    assert list(rows.message[rows.message_source == "llm"]) == [GOOD_TEXT]
+    assert sorted(rows.note.dropna()) == [
+        "malformed API response: id: Field required",
+        "malformed API response: the body is not JSON",
+        "model output rejected: contains a link outside allowed_domains "
+        "(https://acme-login.example)",
+    ]
+    assert PHISHING not in set(rows.message)
+    metadata = result.asset_materializations_for_node("nudges")[0].metadata
+    assert metadata["api_replies"].value == 2  # `{}` and the HTML page report no tokens
+    assert (metadata["input_tokens"].value, metadata["output_tokens"].value) == (240, 90)
+    assert metadata["estimated_cost_usd"].value == pytest.approx(0.00069)
+    assert "estimate" in metadata["cost_basis"].value
+    assert metadata["by_source"].value == {"template": 3, "llm": 1}
+    warehouse.close()

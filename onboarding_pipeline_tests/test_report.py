@@ -71,9 +71,12 @@ def test_run_writes_the_watermark_week_report_and_outbox(built: Built) -> None:
     lines = "\n".join(built.summary.lines())
     assert f"weekly report:      {folder / 'report.html'}" in lines
     outbox = built.settings.output_dir / "outbox" / built.week
-    assert f"written to the outbox {outbox / 'email.eml'} (no credentials)" in lines
+    assert f"written to the outbox {outbox / 'email'}/ (no credentials)" in lines
     assert "stakeholders@example.com" in lines and "#onboarding" in lines
-    assert (outbox / "email.eml").exists() and (outbox / "slack.json").exists()
+    # One message per recipient.
+    assert (outbox / "email" / "stakeholders@example.com.eml").exists()
+    assert (outbox / "email" / "growth-team@example.com.eml").exists()
+    assert (outbox / "slack.json").exists()
 
 
 def test_report_sections_come_from_the_pipeline_tables(built: Built) -> None:
@@ -195,6 +198,106 @@ def test_hostile_text_is_escaped(tmp_path: Path) -> None:
     # Markdown tables: a pipe from the data cannot open a new column.
     row = next(line for line in markdown.splitlines() if line.startswith("| 1 |"))
     assert re.sub(r"\\\|", "", row).count("|") == 7
+
+
+IMG = "<img src=x onerror=alert(1)>"
+IMG_ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"
+
+
+def hostile_report() -> ReportData:
+    """Every text field of every section carries markup, as a company, owner, event or
+    segment name typed by a user or a config author could."""
+    event = {
+        "event_name": IMG,
+        "users_with_event": 40,
+        "activation_rate_with": 0.5,
+        "activation_rate_without": 0.2,
+        "lift": 2.5,
+        "adjusted_effect": 0.3,
+        "adjusted_q_value": 0.01,
+    }
+    return ReportData(
+        title=IMG,
+        week="2026-10-26",
+        week_end="2026-11-01",
+        watermark=IMG,
+        generated_at="now",
+        language="en",
+        kpis=[
+            {
+                "kpi": "activation_rate",
+                "label": IMG,
+                "unit": "rate",
+                "cohort": IMG,
+                "value": 0.3,
+                "users": 50,
+                "ci_low": None,
+                "ci_high": None,
+                "previous_cohort": None,
+                "previous_value": None,
+                "change": None,
+                "all_signups": None,
+                "target": None,
+                "meets_target": None,
+            }
+        ],
+        critical_path={"drivers": [event], "prerequisites": [], "vanity": [], "blockers": []},
+        model={
+            "version": IMG,
+            "roc_auc": 0.8,
+            "roc_auc_ci_low": 0.7,
+            "roc_auc_ci_high": 0.9,
+            "pr_auc": 0.5,
+            "brier": 0.1,
+            "train_signups": IMG,
+            "train_base_rate": 0.3,
+            "validation_signups": IMG,
+            "validation_base_rate": 0.3,
+            "latest_attempt": IMG,
+        },
+        scoring_note=IMG,
+        at_risk=[{"owner": IMG, "failure_label": IMG, "stalled": 3, "at_risk": 1, "users": 4}],
+        queue={
+            "users": 4,
+            "holdout": 1,
+            "by_type": [{"intervention_type": IMG, "channel": IMG, "users": 4, "holdout": 1}],
+            "by_owner": [{"owner": IMG, "users": 4}],
+        },
+        effectiveness=[
+            {
+                "segment_type": IMG,
+                "segment": IMG,
+                "treated_users": 10,
+                "treated_rate": 0.4,
+                "holdout_users": 5,
+                "holdout_rate": 0.2,
+                "difference": 0.2,
+                "ci_low": -0.1,
+                "ci_high": 0.5,
+                "p_value": 0.2,
+            }
+        ],
+        review=[{"area": "kpis", "severity": 1.0, "title": IMG, "evidence": IMG, "owner": IMG}],
+        missing={"funnel": IMG, "base_rate": IMG},
+    )
+
+
+# Fields of hostile_report() the HTML shows: title (<title> and <h1>), watermark, review
+# title/evidence/owner, KPI label/cohort, two "not enough data" reasons, event name, model
+# version/train/validation/latest attempt, scoring note, at-risk owner/label, queue
+# type/channel/owner, effectiveness segment type/segment.
+HTML_PLACES = 2 + 1 + 3 + 2 + 2 + 1 + 4 + 1 + 2 + 3 + 2
+
+
+def test_every_html_section_and_the_email_escape_user_text() -> None:
+    data = hostile_report()
+    # The page (charts as data: URIs) and the email's HTML part (charts by Content-ID).
+    for html in (render_html(data, {}), render_html(data, {}, images="cid")):
+        assert "<img" not in html
+        assert html.count(IMG_ESCAPED) == HTML_PLACES
+    # Markdown is the email's plain-text part, a plain-text channel: the text as typed.
+    markdown = render_markdown(data)
+    assert IMG in markdown and IMG_ESCAPED not in markdown
 
 
 def test_report_config_is_strict() -> None:

@@ -554,9 +554,11 @@ def first_occurrences(warehouse: WarehouseResource, names: list[str]) -> pd.Data
 def funnel(
     warehouse: WarehouseResource, product_config: ProductConfigResource
 ) -> MaterializeResult:
-    """The configured onboarding steps in order within the activation window: users per step,
-    conversion from start and from the previous step, drop-off (closed windows only) and
-    median hours between steps; overall, by role, company size, plan and signup week."""
+    """The configured onboarding steps in order within the activation window, on closed
+    windows only: users per step, conversion from start and from the previous step (each with
+    its denominator), drop-off and median hours between steps; overall, by role, company
+    size, plan and signup week. A last step that is an aha event is activation as the
+    `activation_rate` KPI counts it."""
     config = product_config.load()
     features = load_features(warehouse)
     now = now_of(
@@ -567,23 +569,41 @@ def funnel(
     )
     steps = list(config.funnel_steps)
     firsts = first_occurrences(warehouse, [*steps, *config.aha_events])
-    table = build_funnel(features, firsts, steps, config.activation_window_days, pd.Timestamp(now))
+    table = build_funnel(
+        features,
+        firsts,
+        steps,
+        config.activation_window_days,
+        pd.Timestamp(now),
+        config.aha_events,
+    )
     warehouse.replace_table("funnel", ibis.memtable(table_to_arrow(table)))
     overall = table[table.segment_type == "overall"]
-    shown = ["step", "users_reached", "conversion_from_start", "conversion_from_previous"]
+    shown = [
+        "step",
+        "users_entered",
+        "users_reached",
+        "conversion_from_start",
+        "users_at_previous",
+        "conversion_from_previous",
+    ]
+    empty = (
+        "_no funnel_steps configured_"
+        if not steps
+        else "_no closed activation window yet: the funnel counts closed windows only_"
+    )
     return MaterializeResult(
         metadata={
             "dagster/row_count": len(table),
+            "closed_window_users": int(overall.users_entered.max()) if len(overall) else 0,
             "overall": MetadataValue.md(
                 overall[[*shown, "dropped", "median_hours_from_previous"]]
                 .round(3)
                 .to_markdown(index=False)
             )
             if len(overall)
-            else "_no funnel_steps configured_",
-            "chart": png_markdown(funnel_chart(overall), "funnel")
-            if len(overall)
-            else "_no funnel_steps configured_",
+            else empty,
+            "chart": png_markdown(funnel_chart(overall), "funnel") if len(overall) else empty,
         }
     )
 

@@ -16,13 +16,14 @@ outcome is activation later in the window. Every event of that population gets:
 - the best "at least n times within d days" rule by phi (a rule whose precision is the base
   rate has phi 0), only for events with a positive association.
 
-Classes, one definition used by the table, the report, Slack and the UI:
-`driver` (total > 0, q < alpha), `prerequisite` (total > 0, q < alpha, direct effect
-indistinguishable from 0: it matters through a later step, named in `works_through`),
+Classes, one definition used by the table, the report, Slack and the UI (m = the equivalence
+margin, log of `equivalence_odds_ratio`):
+`driver` (total > 0, q < alpha, interval above m), `prerequisite` (as a driver, but the direct
+effect is indistinguishable from 0: it matters through a later step, named in `works_through`),
 `vanity` (a naive association that adjustment explains away: the total effect's interval
-excludes the naive effect and the total is not significant), `blocker` (total < 0, q < alpha),
-`no_effect` (the total effect's interval lies inside the equivalence margin), `inconclusive`
-(anything else, or a statistic that could not be computed; `note` says why).
+excludes the naive effect and holds 0), `blocker` (total < 0, q < alpha, interval below -m),
+`no_effect` (the total effect's interval lies inside (-m, m)), `inconclusive` (anything else,
+or a statistic that could not be computed; `note` says why).
 
 Association is not cause: only an experiment proves that pushing a step moves activation.
 """
@@ -135,7 +136,12 @@ def critical_path(
     table["q_value"] = _bh(table.p_value.to_numpy())
     table["total_q_value"] = _bh(table.total_p_value.to_numpy())
     table["direct_q_value"] = _bh(table.direct_p_value.to_numpy())
-    table["classification"] = [classify(row, rules) for row in table.itertuples()]
+    judged = [judgement(row, rules) for row in table.itertuples()]
+    table["classification"] = [kind for kind, _ in judged]
+    table["note"] = [
+        "; ".join(part for part in (note, why) if part)
+        for note, (_, why) in zip(table.note, judged, strict=True)
+    ]
     table["e_value"] = np.where(table.classification == "driver", table.e_value, np.nan)
     table["e_value_ci"] = np.where(table.classification == "driver", table.e_value_ci, np.nan)
     table.loc[table.classification != "prerequisite", "works_through"] = None
@@ -467,15 +473,16 @@ def _mediator(
     rows: np.ndarray,
     activated: np.ndarray,
 ) -> str | None:
-    """The later step that `event` matters through, if one explains its total effect.
+    """The later step(s) that `event` matters through, if they explain its total effect.
 
-    Only for a positive total effect whose direct effect is indistinguishable from 0. Each
-    later step with a positive direct effect (the three most tied to `event`) is added to the
-    total-effect model on its own; it is the mediator when `event`'s effect then becomes
-    indistinguishable from 0 and loses at least half of its size, and the later step must be
-    enabled by it (`ENABLING_RATIO`). A step that merely rides
-    along with engaged users (vanity) loses its effect to the other behaviour as a whole, not
-    to one later step.
+    Only for a positive total effect whose direct effect is indistinguishable from 0. Later
+    steps (first done at the same hour or after it) with a positive direct effect that `event`
+    enables (`ENABLING_RATIO`) are candidates, the three most tied to it. Each is added to the
+    total-effect model on its own; it is the mediator when `event`'s effect is then no longer
+    significantly positive and at most half its size. When no single step does it, the
+    candidates together may (a step that opens several later ones): they are then named
+    together. A step that merely rides along with engaged users (vanity) loses its effect to
+    the other behaviour as a whole, not to the steps it enables.
     """
     effect = total.get("effect", np.nan)
     low = total.get("ci_low", np.nan)
@@ -488,27 +495,34 @@ def _mediator(
         return None
     i = events.index(event)
     doers = did[:, i]
+    if doers.all() or not doers.any():
+        return None
     candidates = []
     for other in judged:
-        if other == event or timing[other] <= timing[event]:
+        if other == event or timing[other] < timing[event]:
             continue
         if not direct.get(other, {}).get("direct_ci_low", -np.inf) > 0:
             continue
         j = events.index(other)
-        if doers.any() and not doers.all():
-            with_step, without_step = did[doers, j].mean(), did[~doers, j].mean()
-            # An enabling step: the later one is at least twice as common after it.
-            if with_step >= ENABLING_RATIO * without_step:
-                candidates.append((with_step - without_step, other))
-    best, best_effect = None, effect
-    for _, other in sorted(candidates, reverse=True)[:3]:
-        fitted = _fit_effect(population, did, events, event, [*earlier, other], rows, activated)
-        if "effect" not in fitted:
-            continue
-        explained = fitted["ci_low"] <= 0 <= fitted["ci_high"] and fitted["effect"] <= effect / 2
-        if explained and fitted["effect"] < best_effect:
-            best, best_effect = other, fitted["effect"]
-    return best
+        with_step, without_step = did[doers, j].mean(), did[~doers, j].mean()
+        # An enabling step: the later one is at least twice as common after it.
+        if with_step >= ENABLING_RATIO * without_step:
+            candidates.append((with_step - without_step, other))
+    chosen = [other for _, other in sorted(candidates, reverse=True)[:3]]
+
+    def remaining(steps: list[str]) -> float:
+        fitted = _fit_effect(population, did, events, event, [*earlier, *steps], rows, activated)
+        if "effect" not in fitted or fitted["ci_low"] > 0 or fitted["effect"] > effect / 2:
+            return np.inf
+        return abs(fitted["effect"])
+
+    single = {other: remaining([other]) for other in chosen}
+    best = min(single, key=lambda other: single[other], default=None)
+    if best is not None and np.isfinite(single[best]):
+        return best
+    if len(chosen) > 1 and np.isfinite(remaining(chosen)):
+        return ", ".join(chosen)
+    return None
 
 
 def e_values(row: dict[str, Any], base_rate: float) -> tuple[float, float]:
@@ -608,35 +622,56 @@ def _bh(p_values: np.ndarray) -> np.ndarray:
 
 
 def classify(row: Any, rules: CriticalPathRules) -> str:
-    """The class of one row (see the module docstring); `note` says why when inconclusive."""
+    """The class of one row (see the module docstring)."""
+    return judgement(row, rules)[0]
+
+
+def judgement(row: Any, rules: CriticalPathRules) -> tuple[str, str]:
+    """(class, why) of one row; `why` is empty when the class says it all.
+
+    A driver, prerequisite or blocker must be significant (q < alpha) *and* clear the
+    equivalence margin: its interval lies wholly beyond +-log(`equivalence_odds_ratio`). With
+    many users, residual confounding by engagement that no covariate captures makes small
+    associations significant; the margin is the size below which a step is not worth acting
+    on, and the same margin defines `no_effect`.
+    """
     if row.not_judged:
-        return "inconclusive"
+        return "inconclusive", ""
     total, low, high, q = row.total_effect, row.total_ci_low, row.total_ci_high, row.total_q_value
     if not all(np.isfinite(v) for v in (total, low, high, q)):
-        return "inconclusive"
+        return "inconclusive", ""
+    margin = math.log(rules.equivalence_odds_ratio)
     naive = math.log(row.odds_ratio) if row.odds_ratio > 0 else np.nan
     naive_significant = np.isfinite(row.q_value) and row.q_value < rules.alpha
     naive_positive = naive_significant and naive > 0 and row.lift >= rules.vanity_min_lift
     direct_low, direct_high = row.direct_ci_low, row.direct_ci_high
     direct_known = np.isfinite(direct_low) and np.isfinite(direct_high)
-    if q < rules.alpha and total > 0:
+    significant = q < rules.alpha
+    if significant and total > 0 and low > margin:
         if direct_known and direct_low <= 0 <= direct_high:
             if isinstance(row.works_through, str):
-                return "prerequisite"
-            # Nothing left once the rest of the behaviour is held fixed, and no single later
-            # step carries it: the association rode along with engagement.
-            if naive_positive and direct_high < naive:
-                return "vanity"
-            return "inconclusive"
-        return "driver"
-    if q < rules.alpha and total < 0:
-        return "blocker"
+                return "prerequisite", ""
+            # Significant before the later steps are held fixed, nothing after, and no later
+            # step it enables carries it: neither a driver nor (the total is no artefact of
+            # adjustment) vanity.
+            return "inconclusive", (
+                "associated, but nothing is left once the other steps are held fixed and no "
+                "single later step carries it"
+            )
+        return "driver", ""
+    if significant and total < 0 and high < -margin:
+        return "blocker", ""
     if naive_positive and high < naive and low <= 0:
-        return "vanity"
-    margin = math.log(rules.equivalence_odds_ratio)
+        return "vanity", ""
     if -margin < low and high < margin:
-        return "no_effect"
-    return "inconclusive"
+        return "no_effect", ""
+    if significant:
+        return "inconclusive", (
+            f"associated, but the interval does not clear the equivalence margin "
+            f"(odds ratio {rules.equivalence_odds_ratio:g}): possibly a small effect, possibly "
+            f"confounding by engagement"
+        )
+    return "inconclusive", "the interval is too wide to tell an effect from none"
 
 
 def landmark_summary(

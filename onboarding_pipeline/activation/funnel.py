@@ -6,19 +6,23 @@ used: a step first done out of order does not count even if it is repeated later
 Events stamped a little before signup (anonymous activity merged at signup) are accepted, and
 their duration from signup is clipped at zero.
 
-Denominators, per segment and step k (every count is over users of that segment):
+Population: closed windows only (signup + window <= watermark). A user whose window is still
+open may yet reach any step; counting those who already did and not those who have not yet
+would inflate every rate, so open windows are in no count.
 
-- base population: users whose activation window is closed (signup + window <= watermark)
-  plus open-window users who already reached the step; an open-window user who has not reached
-  a step yet may still reach it, so they are left out of that step's denominators (and are
-  never counted as dropped). Open-window users who reached nothing are in no denominator.
-- `users_entered` = closed-window users + open-window users who reached step k.
-- `users_reached` = users who reached step k (open or closed window).
+When the last step is an aha event, it is activation itself as the `activation_rate` KPI counts
+it (the first aha within the window, whatever path led there), so the funnel's last
+`conversion_from_start` is the KPI of the same users and window.
+
+Denominators, per segment and step k (every count is over closed-window users of that segment):
+
+- `users_entered` = closed-window users.
+- `users_reached` = users who reached step k.
 - `conversion_from_start` = `users_reached` / `users_entered`.
-- `users_at_previous` = users who reached step k-1 (for k = 1: signed up) and are in
-  `users_entered`, i.e. `users_reached` + `dropped`.
-- `conversion_from_previous` = `users_reached` / `users_at_previous`.
-- `dropped` = closed-window users who reached step k-1 but not step k.
+- `users_at_previous` = users who reached step k-1 (for k = 1: everyone who signed up).
+- `conversion_from_previous` = users who reached steps k-1 and k / `users_at_previous` ("of the
+  N users who reached step k-1, this share reached step k").
+- `dropped` = users who reached step k-1 but not step k.
 - `drop_off_rate` = `dropped` / `users_at_previous` (= 1 - `conversion_from_previous`).
 - `median_hours_from_previous` = median hours from step k-1 (for k = 1: signup) to step k
   among the users who reached step k.
@@ -49,7 +53,7 @@ FUNNEL_COLUMNS = [
     "drop_off_rate",
     "median_hours_from_previous",
 ]
-_COUNTS = ("entered", "reached", "at_previous", "dropped")
+_COUNTS = ("entered", "reached", "at_previous", "continued", "dropped")
 _DAY = pd.Timedelta(days=1)
 _EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
@@ -154,29 +158,35 @@ def build_funnel(
     steps: list[str],
     window_days: int,
     watermark: pd.Timestamp,
+    aha_events: list[str] | None = None,
 ) -> pd.DataFrame:
     """Ordered funnel of `steps` within the activation window, overall and per segment.
 
     One row per (`segment_type`, `segment`, `step_index`, `step`) with the columns in
     `FUNNEL_COLUMNS`; `step_index` starts at 1. See the module docstring for the denominators.
-    The window counts as closed when signup + `window_days` <= `watermark`.
+    The window counts as closed when signup + `window_days` <= `watermark`; `users` needs an
+    `activated` column (the aha within the window) when the last step is in `aha_events`.
     """
     if not steps or users.empty:
         return _empty()
-    users = users.reset_index(drop=True)
-    reached, hours = step_reach(users, first_events, steps, window_days)
     signup = as_utc(users["signup_at"])
     closed = (signup + pd.Timedelta(days=window_days) <= utc_timestamp(watermark)).to_numpy()
+    users = users[closed].reset_index(drop=True)
+    if users.empty:
+        return _empty()
+    reached, hours = step_reach(users, first_events, steps, window_days)
 
     # Per-user flags (users x steps), summed per segment below.
     reached_arr = reached.to_numpy(dtype=bool)
     previous = np.column_stack([np.ones(len(users), dtype=bool), reached_arr[:, :-1]])
-    entered = closed[:, None] | reached_arr
+    if steps[-1] in (aha_events or []):
+        reached_arr[:, -1] = users["activated"].fillna(False).to_numpy(dtype=bool)
     flags = {
-        "entered": entered,
+        "entered": np.ones_like(reached_arr),
         "reached": reached_arr,
-        "at_previous": previous & entered,
-        "dropped": previous & ~reached_arr & closed[:, None],
+        "at_previous": previous,
+        "continued": previous & reached_arr,
+        "dropped": previous & ~reached_arr,
     }
     positions = range(len(steps))
     wide = pd.DataFrame(
@@ -215,7 +225,7 @@ def _finish(long: pd.DataFrame, steps: list[str]) -> pd.DataFrame:
             "users_reached": long["reached"].astype(np.int64),
             "conversion_from_start": ratio(long["reached"], long["entered"]),
             "users_at_previous": long["at_previous"].astype(np.int64),
-            "conversion_from_previous": ratio(long["reached"], long["at_previous"]),
+            "conversion_from_previous": ratio(long["continued"], long["at_previous"]),
             "dropped": long["dropped"].astype(np.int64),
             "drop_off_rate": ratio(long["dropped"], long["at_previous"]),
             "median_hours_from_previous": long["hours"].astype(float),

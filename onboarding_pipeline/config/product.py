@@ -12,6 +12,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from onboarding_pipeline.config.engagement import (
@@ -157,7 +158,8 @@ class CriticalPathRules(_Strict):
     vanity_min_lift: float = Field(default=1.2, ge=1)
     # At most this many events are modelled (the most common in the horizon).
     max_events: int = Field(default=40, ge=1, le=500)
-    # "No effect" = the total effect's interval lies inside +-log(this odds ratio).
+    # The equivalence margin: "no effect" = the total effect's interval lies inside
+    # +-log(this odds ratio); a driver, prerequisite or blocker needs its interval beyond it.
     equivalence_odds_ratio: float = Field(default=1.25, gt=1, le=5)
     # Two events done by the same users (Jaccard index at least this) are one action logged
     # twice: judged once, under the more widespread name.
@@ -192,11 +194,17 @@ class ReportOwners(_Strict):
 class ReportSettings(_Strict):
     """The weekly report and where it is delivered (credentials come from the environment)."""
 
-    title: str = "Weekly onboarding report"
-    # Email recipients; empty = no email delivery.
+    # Also the email subject ("<title>: week of <Monday>"): one line, no CR/LF.
+    title: str = Field(default="Weekly onboarding report", min_length=1, max_length=200)
+    # Email recipients; empty = no email delivery. Each gets a message of their own (To: that
+    # address only), so nobody sees the others and the ledger tracks every address.
     recipients: list[str] = Field(default_factory=list)
-    # Slack channel of the summary; empty = no Slack delivery.
+    # Slack channel of the summary (a name like #onboarding or an id like C0123ABC);
+    # empty = no Slack delivery.
     slack_channel: str = "#onboarding"
+    # Notion database that gets one page per week (its id or URL); None = NOTION_DATABASE_ID
+    # from the environment, and without either no Notion delivery.
+    notion_database_id: str | None = None
     # Time zone of the weekly schedule and of times shown in the report.
     timezone: str = "UTC"
     # Language of the report (the HTML `lang`); only "en" texts ship today.
@@ -210,10 +218,28 @@ class ReportSettings(_Strict):
     @field_validator("recipients")
     @classmethod
     def _recipients_are_addresses(cls, recipients: list[str]) -> list[str]:
-        for address in recipients:
-            if address.count("@") != 1 or address.strip() != address or "@" in address[-1:]:
-                raise ValueError(f"{address!r} is not an email address")
+        # A CR/LF (a header injected into the message) or any other malformed address fails
+        # here, when the config loads, not halfway through a delivery.
+        seen: set[str] = set()
+        for index, address in enumerate(recipients):
+            try:
+                validate_email(address, check_deliverability=False)
+            except EmailNotValidError as error:
+                raise ValueError(
+                    f"[{index}] {address!r} is not an email address: {error}"
+                ) from None
+            if address.lower() in seen:
+                raise ValueError(f"[{index}] {address!r} is listed twice")
+            seen.add(address.lower())
         return recipients
+
+    @field_validator("title", "slack_channel", "notion_database_id")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        # The title becomes the email subject: a line break would start a new header.
+        if value is not None and any(char in value for char in "\r\n\x00"):
+            raise ValueError(f"{value!r} must be one line (no CR, LF or NUL)")
+        return value
 
     @field_validator("timezone")
     @classmethod

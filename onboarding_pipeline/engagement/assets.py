@@ -49,6 +49,7 @@ from onboarding_pipeline.engagement.health import (
 from onboarding_pipeline.engagement.nudge_writer import (
     AnthropicResource,
     NudgeRequest,
+    run_usage,
     write_nudges,
 )
 from onboarding_pipeline.engagement.paths import (
@@ -578,8 +579,9 @@ def nudges(
 ) -> MaterializeResult:
     """The message for each treated queue row (holdout users get none), written by Claude
     through the Messages API with guardrails, cached per (user, next action, type, language),
-    within a per-run call budget; a template where no key is set or the API keeps failing.
-    `message_source` says which wrote each row."""
+    within a per-run call budget; a template where no key is set, the API keeps failing, or a
+    reply is malformed or fails the output checks. `message_source` says which wrote each row,
+    `note` why a template was used; the metadata has the run's tokens and estimated cost."""
     config = product_config.load()
     settings = config.interventions.nudges
     queue = warehouse.table(INTERVENTION_QUEUE.name)
@@ -621,15 +623,28 @@ def nudges(
     warehouse.replace_all(NUDGES.name, table_to_arrow(table, NUDGES.schema))
     if client is None:
         context.log.info("ANTHROPIC_API_KEY is not set: every nudge is a template message")
-    return MaterializeResult(
-        metadata={
-            "dagster/row_count": len(table),
-            "by_source": counts(table.message_source),
-            "model": settings.model,
-            "llm_enabled": client is not None,
-            "preview": markdown(table[["user_id", "message_source", "message"]].head(5)),
-        }
-    )
+    usage = run_usage(results, settings.prices)
+    metadata: dict[str, Any] = {
+        "dagster/row_count": len(table),
+        "by_source": counts(table.message_source),
+        "template_reasons": counts(table.note.dropna().str.slice(0, 120)),
+        "model": settings.model,
+        "llm_enabled": client is not None,
+        "api_replies": usage.replies,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost_basis": "estimate: the tokens the API reported times the list prices in "
+        "interventions.nudges.prices (USD per million tokens; no batch or cache discounts)",
+        "preview": markdown(table[["user_id", "message_source", "message"]].head(5)),
+    }
+    if usage.estimated_cost_usd is None:
+        metadata["estimated_cost_usd_unknown"] = (
+            f"no price for {', '.join(usage.unpriced_models)}: add it to "
+            "interventions.nudges.prices"
+        )
+    else:
+        metadata["estimated_cost_usd"] = MetadataValue.float(round(usage.estimated_cost_usd, 6))
+    return MaterializeResult(metadata=metadata)
 
 
 def anthropic_resource_from_env() -> AnthropicResource:

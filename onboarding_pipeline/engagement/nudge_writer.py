@@ -10,15 +10,21 @@ Guardrails, in the order they apply:
 - user-supplied text is stripped of control/format characters, collapsed to one line,
   length-limited, and sent as JSON string values inside a data block the system prompt declares
   to be data, never instructions (`<` and `>` are escaped so a value cannot close the block);
-- the model's output is checked (not empty, not cut off, under the word limit, no placeholders,
-  nothing of the prompt echoed back) before use; anything else gets the template.
+- the API's reply is validated against the SDK's `Message` schema; a malformed one (garbage,
+  `{}`, wrong types, no text block) gets the template with the reason, never an exception;
+- the model's output is checked before use: not empty, not cut off, under the word limit, no
+  placeholders, no link outside `allowed_domains`, no mention of passwords, card numbers or
+  credentials, nothing of the prompt echoed back; anything else gets the template.
+Messages are plain text; `render_message(text, "html")` is how an HTML channel shows one.
 Cost: messages are cached on disk by (user, next action, type, language), so a rerun makes no
-calls; a per-run budget caps calls; a circuit breaker stops calling an API that keeps failing.
+calls; a per-run budget caps calls; a circuit breaker stops calling an API that keeps failing;
+`run_usage` adds up the tokens of a run and estimates its cost from a price table.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import os
@@ -31,10 +37,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import anthropic
+from anthropic.types import Message
 from dagster import ConfigurableResource
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +65,61 @@ FIELD_LIMITS = {
     "blocker": 40,
 }
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-PLACEHOLDER = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]|<[^<>]*>")
+# A link with a scheme (`https://…`, `javascript:…`, `mailto:…`); removed from user text too.
+SCHEME_URL = re.compile(
+    r"\b(?:https?|s?ftp|file|javascript|vbscript|data|mailto|tel|sms|wss?):\S+", re.IGNORECASE
+)
+# A host name without a scheme (`evil.example`, `www.evil.example/login`, the domain of an
+# email address). Mail and chat clients turn these into links, so they count as URLs. Labels
+# may be non-ASCII (a look-alike letter from another script): such a host is compared as
+# punycode, so it never equals an allowed ASCII domain.
+_LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
+HOST = re.compile(rf"(?<![\w.-])(?:{_LABEL}\.)+[^\W\d_]{{2,63}}(?![\w-])")
+IP_ADDRESS = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])")
+# A bare domain as `allowed_domains` takes it: ASCII (punycode for IDNs), at least one dot.
+DOMAIN = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}$")
+PLACEHOLDER = re.compile(
+    r"\{[^{}]*\}|\[[^\[\]]*\]|<[^<>]*>"  # {name}, [Company], <NAME>
+    r"|\b(?:X{2,}|x{3,})\b"  # XXX
+    r"|%\(?\w*\)?s\b|\b[A-Z]+(?:_[A-Z]+)+\b|\b__\w+__\b"  # %s, FIRST_NAME, __name__
+    r"|\bTODO\b|(?i:\blorem ipsum\b)"
+)
+# What a nudge never asks for. A term that is part of the next step itself (`set password`)
+# is allowed, so a message about that step can name it.
+SENSITIVE = (
+    (re.compile(r"\bpass(?:word|code|phrase)s?\b|\bpin (?:code|number)\b", re.I), "a password"),
+    (
+        re.compile(
+            r"\b(?:credit|debit|bank|payment) ?cards?\b|\bcard (?:number|details|info\w*)"
+            r"|\bcv[cv]2?\b|\bsecurity code\b|\bexpir(?:y|ation) date\b",
+            re.I,
+        ),
+        "card details",
+    ),
+    (
+        re.compile(
+            r"\bcredentials?\b|\blog ?in details\b|\bsign[- ]?in details\b|\bapi[ _-]?keys?\b"
+            r"|\b(?:secret|private|access) keys?\b|\bclient secret\b"
+            r"|\b(?:access|api|auth|bearer) tokens?\b",
+            re.I,
+        ),
+        "credentials",
+    ),
+    (
+        re.compile(
+            r"\b(?:one[- ]time|verification|2fa|mfa|security|login) (?:code|password)s?\b", re.I
+        ),
+        "a one-time code",
+    ),
+    (
+        re.compile(
+            r"\bbank (?:account|details)\b|\baccount number\b|\brouting number\b|\biban\b"
+            r"|\bsocial security\b|\bssn\b",
+            re.I,
+        ),
+        "bank or identity numbers",
+    ),
+)
 # Phrases a nudge has no reason to contain; seeing one means the model talked about its prompt.
 LEAK_MARKERS = (
     "recipient_data",
@@ -68,6 +130,27 @@ LEAK_MARKERS = (
     "language model",
 )
 LEAK_NGRAM = 6  # any 6-word run of the system prompt in the output counts as a leak
+
+
+class ModelPrice(BaseModel):
+    """What one model costs, in US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_usd_per_mtok: float = Field(ge=0)
+    output_usd_per_mtok: float = Field(ge=0)
+
+
+# Anthropic's list prices when this was written (standard API, no batch or prompt-cache
+# discounts). Prices change: `interventions.nudges.prices` adds or overrides entries.
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "claude-haiku-4-5": ModelPrice(input_usd_per_mtok=1.0, output_usd_per_mtok=5.0),
+    "claude-sonnet-4-5": ModelPrice(input_usd_per_mtok=3.0, output_usd_per_mtok=15.0),
+    "claude-sonnet-4": ModelPrice(input_usd_per_mtok=3.0, output_usd_per_mtok=15.0),
+    "claude-opus-4-5": ModelPrice(input_usd_per_mtok=5.0, output_usd_per_mtok=25.0),
+    "claude-opus-4-1": ModelPrice(input_usd_per_mtok=15.0, output_usd_per_mtok=75.0),
+    "claude-3-5-haiku": ModelPrice(input_usd_per_mtok=0.8, output_usd_per_mtok=4.0),
+}
 
 
 class NudgeSettings(BaseModel):
@@ -84,6 +167,30 @@ class NudgeSettings(BaseModel):
     # After this many calls in a row fail (each after the client's own retries), the rest of the
     # run uses templates instead of queueing more requests against a broken API.
     max_consecutive_failures: int = Field(default=3, ge=1)
+    # The product's own domains: a message may link to these (and their subdomains) only.
+    # Empty = a message with any URL or domain name in it is rejected.
+    allowed_domains: tuple[str, ...] = ()
+    # Model id -> price, for the cost estimate in the asset metadata; merged over DEFAULT_PRICES.
+    prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _bare_domains(cls, domains: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = []
+        for domain in domains:
+            value = _ascii_host(domain.strip()) or ""
+            if not DOMAIN.match(value):
+                raise ValueError(
+                    "allowed_domains takes bare domain names such as 'example.com' "
+                    f"(no scheme, path or port), got {domain!r}"
+                )
+            cleaned.append(value)
+        return tuple(dict.fromkeys(cleaned))
+
+    @field_validator("prices")
+    @classmethod
+    def _merge_default_prices(cls, prices: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        return {**DEFAULT_PRICES, **prices}
 
     @field_validator("language")
     @classmethod
@@ -109,6 +216,15 @@ class NudgeRequest:
 
 
 @dataclass(frozen=True)
+class CallUsage:
+    """Tokens of one API reply, as the API counted them (billed whether or not it was used)."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
 class NudgeResult:
     user_id: str
     message: str
@@ -116,6 +232,19 @@ class NudgeResult:
     model: str | None  # None for templates
     language: str  # the language the message is written in (templates are English)
     note: str | None = None  # why the template was used (failure, budget, no key, language)
+    usage: CallUsage | None = None  # set when this run got a reply from the API for the row
+
+
+@dataclass(frozen=True)
+class RunUsage:
+    """What one run's API replies used, and what that cost by the price table (an estimate:
+    list prices, no discounts, a model without a price leaves the cost unknown)."""
+
+    replies: int
+    input_tokens: int
+    output_tokens: int
+    estimated_cost_usd: float | None
+    unpriced_models: tuple[str, ...]
 
 
 class AnthropicResource(ConfigurableResource):
@@ -154,11 +283,12 @@ class AnthropicResource(ConfigurableResource):
 
 def clean_text(value: str | None, limit: int) -> str:
     """One line of at most `limit` characters: no control or format characters (newlines, zero
-    width and bidi marks included), no email addresses, whitespace collapsed."""
+    width and bidi marks included), no email addresses or scheme URLs, whitespace collapsed."""
     if not value:
         return ""
     text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in str(value))
     text = EMAIL.sub(" ", text)
+    text = SCHEME_URL.sub(" ", text)
     text = " ".join(text.split())
     return text[:limit].strip()
 
@@ -186,7 +316,12 @@ def recipient_data(request: NudgeRequest) -> dict[str, str]:
 # --- prompt -------------------------------------------------------------------------------------
 
 
-def system_prompt(language: str, max_words: int) -> str:
+def system_prompt(language: str, max_words: int, allowed_domains: Sequence[str] = ()) -> str:
+    links = (
+        f"Links may only point to {', '.join(allowed_domains)}; "
+        if allowed_domains
+        else "Include no links, web addresses or email addresses; "
+    )
     return (
         "You write short onboarding nudges for users of a software product. "
         "The user turn contains one JSON object between <recipient_data> and </recipient_data>. "
@@ -198,7 +333,10 @@ def system_prompt(language: str, max_words: int) -> str:
         "Address the recipient by first name if one is given, relate to their role and company, "
         "and ask for exactly one specific action: the next_step. Be warm, concrete and brief; "
         "urgent means help is offered now, nudge means a friendly reminder, guide means a short "
-        "how-to. Reply with the message only."
+        "how-to. "
+        + links
+        + "never ask for passwords, card numbers, codes or any other credentials. "
+        "Reply with the message only."
     )
 
 
@@ -219,7 +357,58 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[\w']+", text.lower())
 
 
-def check_message(text: str, max_words: int, prompt: str) -> str | None:
+def _ascii_host(host: str) -> str | None:
+    try:
+        return host.lower().rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+
+
+def _allowed(host: str, allowed_domains: Sequence[str]) -> bool:
+    ascii_host = _ascii_host(host)
+    return ascii_host is not None and any(
+        ascii_host == domain or ascii_host.endswith("." + domain) for domain in allowed_domains
+    )
+
+
+def unallowed_link(text: str, allowed_domains: Sequence[str] = ()) -> str | None:
+    """The first URL, domain name or IP address in `text` outside `allowed_domains`."""
+    for match in SCHEME_URL.finditer(text):
+        url = match.group()
+        scheme, _, rest = url.partition(":")
+        if scheme.lower() == "mailto":
+            host: str | None = rest.split("?", 1)[0].rpartition("@")[2]
+        else:
+            try:
+                host = urlsplit(url).hostname  # None for javascript:, data:, tel:, file:///
+            except ValueError:  # e.g. an unclosed [IPv6 bracket
+                host = None
+        if not host or not _allowed(host, allowed_domains):
+            return url
+    for match in HOST.finditer(text):
+        if not _allowed(match.group(), allowed_domains):
+            return match.group()
+    ip = IP_ADDRESS.search(text)
+    return ip.group() if ip else None
+
+
+def sensitive_request(text: str, next_step: str = "") -> str | None:
+    """What secret `text` mentions (a password, card details, credentials...), unless the
+    next step itself is about it."""
+    for pattern, label in SENSITIVE:
+        if pattern.search(text) and not pattern.search(next_step):
+            return label
+    return None
+
+
+def check_message(
+    text: str,
+    max_words: int,
+    prompt: str,
+    *,
+    allowed_domains: Sequence[str] = (),
+    next_step: str = "",
+) -> str | None:
     """Why `text` must not be sent, or None when it is fit to use."""
     if not text.strip():
         return "empty message"
@@ -227,6 +416,12 @@ def check_message(text: str, max_words: int, prompt: str) -> str | None:
         return f"over the word limit ({len(text.split())} > {max_words} words)"
     if PLACEHOLDER.search(text) or "{{" in text or "}}" in text:
         return "contains a placeholder or bracketed text"
+    link = unallowed_link(text, allowed_domains)
+    if link:
+        return f"contains a link outside allowed_domains ({link[:80]})"
+    secret = sensitive_request(text, next_step)
+    if secret:
+        return f"mentions {secret} (a nudge never asks for passwords, cards or credentials)"
     lowered = text.lower()
     if any(marker in lowered for marker in LEAK_MARKERS):
         return "echoes the prompt or talks about instructions"
@@ -279,7 +474,7 @@ def template_message(request: NudgeRequest) -> str:
     )
 
 
-def _template(request: NudgeRequest, reason: str) -> NudgeResult:
+def _template(request: NudgeRequest, reason: str, usage: CallUsage | None = None) -> NudgeResult:
     note = reason
     if request.language.lower() != TEMPLATE_LANGUAGE:
         note += f"; the template is in English, not {request.language}"
@@ -290,6 +485,7 @@ def _template(request: NudgeRequest, reason: str) -> NudgeResult:
         model=None,
         language=TEMPLATE_LANGUAGE,
         note=note,
+        usage=usage,
     )
 
 
@@ -354,6 +550,46 @@ class _Breaker:
             self._failures = 0 if ok else self._failures + 1
 
 
+def read_reply(body: str) -> Message | str:
+    """The API's reply validated against the SDK's `Message` schema, or why it is not one.
+
+    The client itself builds replies without validation (`{}` becomes a Message of Nones, a
+    string body a plain `str`), so the raw body is checked here."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "malformed API response: the body is not JSON"
+    try:
+        return Message.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        return f"malformed API response: {where}: {first['msg']}"[:200]
+
+
+def _loose_usage(body: str, model: str) -> CallUsage | None:
+    """Token counts of a reply that failed validation, when it still carries them."""
+    try:
+        usage = json.loads(body).get("usage")
+        tokens = int(usage["input_tokens"]), int(usage["output_tokens"])
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return None
+    return CallUsage(model, *tokens)
+
+
+def reply_text(reply: Message) -> tuple[str, str | None]:
+    """The reply's text and, when it is not a finished text answer, why."""
+    texts = [block.text for block in reply.content if block.type == "text"]
+    if not texts:
+        kinds = ", ".join(sorted({block.type for block in reply.content})) or "nothing"
+        return "", f"no text block in the reply (got {kinds})"
+    if reply.stop_reason == "max_tokens":
+        return "", "cut off at max_tokens"
+    if reply.stop_reason not in ("end_turn", "stop_sequence"):
+        return "", f"stopped with stop_reason {reply.stop_reason}"
+    return _tidy("".join(texts)), None
+
+
 def _ask_model(
     request: NudgeRequest,
     client: anthropic.Anthropic,
@@ -366,9 +602,9 @@ def _ask_model(
             request,
             f"API skipped: {settings.max_consecutive_failures} calls in a row failed this run",
         )
-    system = system_prompt(request.language, settings.max_words)
+    system = system_prompt(request.language, settings.max_words, settings.allowed_domains)
     try:
-        response = client.messages.create(
+        raw = client.messages.with_raw_response.create(
             model=settings.model,
             max_tokens=settings.max_tokens,
             system=system,
@@ -379,23 +615,51 @@ def _ask_model(
         status = getattr(error, "status_code", None)
         detail = f"HTTP {status}" if status else type(error).__name__
         return _template(request, f"API error after retries: {detail}")
+    body = raw.http_response.text
+    reply = read_reply(body)
+    if isinstance(reply, str):
+        breaker.record(ok=False)  # an API that answers garbage is as broken as one that errors
+        return _template(request, reply, _loose_usage(body, settings.model))
     breaker.record(ok=True)
-    text = _tidy("".join(block.text for block in response.content if block.type == "text"))
-    problem = (
-        "cut off at max_tokens"
-        if response.stop_reason == "max_tokens"
-        else check_message(text, settings.max_words, system)
+    usage = CallUsage(reply.model, reply.usage.input_tokens, reply.usage.output_tokens)
+    text, problem = reply_text(reply)
+    problem = problem or check_message(
+        text,
+        settings.max_words,
+        system,
+        allowed_domains=settings.allowed_domains,
+        next_step=readable(request.next_action),
     )
     if problem:
-        return _template(request, f"model output rejected: {problem}")
-    _write_cache(cache_dir, cache_key(request), request, text, response.model)
+        return _template(request, f"model output rejected: {problem}", usage)
+    try:
+        _write_cache(cache_dir, cache_key(request), request, text, reply.model)
+    except OSError as error:  # a full disk costs the cache entry, not the message
+        log.warning("Could not cache a nudge: %s", error)
     return NudgeResult(
         user_id=request.user_id,
         message=text,
         message_source="llm",
-        model=response.model,
+        model=reply.model,
         language=request.language,
+        usage=usage,
     )
+
+
+def _ask_model_or_template(
+    request: NudgeRequest,
+    client: anthropic.Anthropic,
+    settings: NudgeSettings,
+    cache_dir: Path,
+    breaker: _Breaker,
+) -> NudgeResult:
+    """`_ask_model`, but anything it did not foresee costs this row a template, not the run."""
+    try:
+        return _ask_model(request, client, settings, cache_dir, breaker)
+    except Exception as error:
+        breaker.record(ok=False)
+        log.warning("Nudge for one row fell back to the template: %r", error)
+        return _template(request, f"unexpected error: {type(error).__name__}")
 
 
 def write_nudges(
@@ -418,11 +682,14 @@ def write_nudges(
     to_ask: list[int] = []
     for index, request in enumerate(requests):
         cached = _read_cache(cache_dir, cache_key(request))
-        # A cached message is re-checked: the word limit may have been lowered since it was written.
+        # A cached message is re-checked: the word limit or the allowed domains may have
+        # changed since it was written.
         if cached and not check_message(
             cached["message"],
             settings.max_words,
-            system_prompt(request.language, settings.max_words),
+            system_prompt(request.language, settings.max_words, settings.allowed_domains),
+            allowed_domains=settings.allowed_domains,
+            next_step=readable(request.next_action),
         ):
             results[index] = NudgeResult(
                 user_id=request.user_id,
@@ -444,10 +711,55 @@ def write_nudges(
         with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
             futures = {
                 index: pool.submit(
-                    _ask_model, requests[index], client, settings, cache_dir, breaker
+                    _ask_model_or_template, requests[index], client, settings, cache_dir, breaker
                 )
                 for index in to_ask
             }
             for index, future in futures.items():
                 results[index] = future.result()
     return [results[index] for index in range(len(requests))]
+
+
+# --- usage and rendering ------------------------------------------------------------------------
+
+
+def price_of(model: str, prices: dict[str, ModelPrice]) -> ModelPrice | None:
+    """The price of `model`: its own entry, or the entry it is a dated snapshot of
+    (`claude-haiku-4-5-20251001` -> `claude-haiku-4-5`)."""
+    if model in prices:
+        return prices[model]
+    base = re.sub(r"-(?:\d{8}|latest)$", "", model)
+    return prices.get(base)
+
+
+def run_usage(results: Sequence[NudgeResult], prices: dict[str, ModelPrice]) -> RunUsage:
+    """Tokens of every API reply this run (rejected ones included: they are billed too) and
+    their estimated cost; cached messages and templates without a call cost nothing."""
+    calls = [result.usage for result in results if result.usage is not None]
+    unpriced = sorted({call.model for call in calls if price_of(call.model, prices) is None})
+    cost = None
+    if not unpriced:
+        cost = 0.0
+        for call in calls:
+            price = price_of(call.model, prices)
+            assert price is not None
+            cost += (
+                call.input_tokens * price.input_usd_per_mtok
+                + call.output_tokens * price.output_usd_per_mtok
+            ) / 1_000_000
+    return RunUsage(
+        replies=len(calls),
+        input_tokens=sum(call.input_tokens for call in calls),
+        output_tokens=sum(call.output_tokens for call in calls),
+        estimated_cost_usd=cost,
+        unpriced_models=tuple(unpriced),
+    )
+
+
+def render_message(text: str, channel_format: Literal["text", "html"]) -> str:
+    """A stored nudge as a channel shows it. Messages are plain text with user-supplied parts
+    (a company name); an HTML channel (an email body, a page) gets them escaped, with line
+    breaks kept, and a plain-text channel gets them unchanged."""
+    if channel_format == "text":
+        return text
+    return html.escape(text, quote=True).replace("\n", "<br>\n")

@@ -1,10 +1,11 @@
 """Reporting assets: the weekly report and its deliveries (group `reporting`, weekly partitions)."""
 
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -24,8 +25,11 @@ from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.engagement.scoring import model_unlock_reason
 from onboarding_pipeline.reporting.delivery import deliver_report
 from onboarding_pipeline.reporting.mail import EmailResource
+from onboarding_pipeline.reporting.notion import NotionResource, notion_resource_from_env
 from onboarding_pipeline.reporting.report import (
     NOT_ENOUGH_DATA,
+    ReportData,
+    existing_tables,
     gather_report,
     load_report,
     render_markdown,
@@ -65,8 +69,70 @@ def weekly_partitions(config: ProductConfig) -> WeeklyPartitionsDefinition:
 class DeliveryConfig(Config):
     """Run config of `report_deliveries`."""
 
-    # Send again to recipients whose ledger row says `sent` (e.g. after fixing the report).
+    # Send again to recipients whose ledger row says `sent` (e.g. after fixing the report),
+    # and deliver a week that is not the current one (a backfill).
     force: bool = False
+
+
+def data_watermark(warehouse: WarehouseResource, config: ProductConfig) -> datetime | None:
+    """The data's "now": the configured `as_of`, else the latest accepted event (None: no
+    events yet)."""
+    if config.as_of is not None:
+        return config.as_of
+    if "raw_events" not in existing_tables(warehouse):
+        return None
+    latest = warehouse.execute(warehouse.table("raw_events").timestamp.max())
+    if latest is None or latest != latest:  # None or NaT
+        return None
+    return pd.Timestamp(latest).to_pydatetime().astimezone(UTC)
+
+
+def _monday(moment: datetime) -> date:
+    day = moment.astimezone(UTC).date()
+    return day - timedelta(days=day.weekday())
+
+
+def _reference(watermark: datetime | None, now: datetime | None) -> tuple[datetime, str]:
+    if watermark is not None:
+        return watermark, f"the data's watermark ({watermark.astimezone(UTC):%Y-%m-%d %H:%M} UTC)"
+    moment = now or datetime.now(UTC)
+    return moment, f"today ({moment:%Y-%m-%d}; no events yet)"
+
+
+def undeliverable_reason(
+    week: str, watermark: datetime | None, now: datetime | None = None
+) -> str | None:
+    """Why week `week`'s report is not delivered, None when it is: only the week holding the
+    data's watermark (what `onboarding-pipeline run` reports) and the week before it (the week
+    that just ended, what Monday's schedule reports) are delivered; an older week is a
+    backfill, a later one has no data yet. Without events the clock stands in."""
+    reference, described = _reference(watermark, now)
+    current = _monday(reference)
+    monday = date.fromisoformat(week)
+    if monday < current - timedelta(days=7):
+        return (
+            f"week {week} is a backfill: {described} is in week {current.isoformat()}, and only "
+            f"that week and the one before ({(current - timedelta(days=7)).isoformat()}) are "
+            "delivered; run config `force: true` delivers it anyway"
+        )
+    if monday > current:
+        return (
+            f"week {week} begins after {described}: nothing to deliver yet; run config "
+            "`force: true` delivers it anyway"
+        )
+    return None
+
+
+def backfill_note(week: str, watermark: datetime | None, now: datetime | None = None) -> str | None:
+    """What the report of a past week says about itself (None for the current weeks)."""
+    reference, described = _reference(watermark, now)
+    if date.fromisoformat(week) >= _monday(reference) - timedelta(days=7):
+        return None
+    return (
+        f"Backfill of an earlier week: every section shows the warehouse tables as they are now "
+        f"({described}), not as they were at the end of the week of {week}. This report is not "
+        "delivered."
+    )
 
 
 def build_reporting_assets(
@@ -99,6 +165,7 @@ def build_reporting_assets(
         config = product_config.load()
         week = context.partition_key
         data = gather_report(warehouse, config, Path(outputs.path), week)
+        data.state_note = backfill_note(week, data_watermark(warehouse, config))
         files, charts = write_report(data, outputs.folder("reports") / week)
         context.log.info(f"report of week {week} written to {files.folder}")
         metadata: dict[str, Any] = {
@@ -109,6 +176,7 @@ def build_reporting_assets(
             "summary": MetadataValue.md(render_markdown(data)),
             "review_items": MetadataValue.json(data.review),
             "sections_without_data": MetadataValue.json(data.missing),
+            "backfill": MetadataValue.text(data.state_note or "no: the current week"),
         }
         for name, png in charts.items():
             metadata[f"{name}_chart"] = png_markdown(png, name)
@@ -131,37 +199,59 @@ def build_reporting_assets(
         outputs: OutputDirResource,
         slack: SlackResource,
         email: EmailResource,
+        notion: NotionResource,
     ) -> MaterializeResult:
         """The week's report sent once to the configured Slack channel (Block Kit summary,
-        charts uploaded in its thread) and email recipients (text, HTML, inline charts).
+        charts uploaded in its thread), each email recipient (a message of their own: text,
+        HTML, inline charts) and the Notion database (a page per week), if configured.
 
-        The ledger `report_deliveries` keeps one row per (week, channel, recipient): a sent row
-        is not sent again unless run config says `force: true`. Without credentials
-        (SLACK_BOT_TOKEN, SMTP_HOST) the exact messages go to `<output>/outbox/<week>/`.
-        A failed channel does not stop the other; the asset then fails, naming it, and the
-        next run retries just what is missing."""
+        Only the current weeks are delivered: the week holding the data's watermark and the
+        week that just ended; a backfill of an older week renders but sends nothing (unless
+        run config says `force: true`). The ledger `report_deliveries` keeps one row per
+        (week, channel, recipient): `sending` is recorded before a message leaves, `sent` once
+        the service accepted it, and a sent row is not sent again unless `force: true`.
+        Without credentials (SLACK_BOT_TOKEN, SMTP_HOST, NOTION_TOKEN) the exact messages go
+        to `<output>/outbox/<week>/`. A failed channel does not stop the others; the asset
+        then fails, naming it, and the next run retries just what is missing."""
         week = context.partition_key
         folder = outputs.folder("reports") / week
         if not (folder / "report.json").exists():
             raise Failure(f"no report for week {week}: materialize weekly_report first")
+        product = product_config.load()
+        reason = undeliverable_reason(week, data_watermark(warehouse, product))
+        if reason and not config.force:
+            context.log.info(f"not delivered: {reason}")
+            return MaterializeResult(
+                metadata={
+                    "not_delivered": MetadataValue.text(reason),
+                    "sent": MetadataValue.json([]),
+                }
+            )
         data, charts = load_report(folder)
         result = deliver_report(
             warehouse,
             data,
             charts,
-            product_config.load().report,
+            product.report,
             slack=slack,
             email=email,
+            notion=notion,
             outbox_root=outputs.folder("outbox"),
             force=config.force,
             log=context.log.warning,
         )
         for line in delivery_lines(result.sent, result.outbox, result.skipped):
             context.log.info(line)
+        if result.recovered:
+            context.log.info(
+                "found delivered by an interrupted earlier attempt, not sent again: "
+                + ", ".join(result.recovered)
+            )
         metadata: dict[str, Any] = {
             "sent": MetadataValue.json(result.sent),
             "outbox": MetadataValue.json(result.outbox),
             "already_sent": MetadataValue.json(result.skipped),
+            "recovered": MetadataValue.json(result.recovered),
             "failed": MetadataValue.json(result.failed),
             "outbox_files": MetadataValue.json([str(p) for p in result.outbox_files]),
             "ledger": MetadataValue.md(
@@ -212,7 +302,8 @@ def model_run_lines(models_dir: Path) -> list[str]:
 def add_reporting(defs: Definitions, partitions: WeeklyPartitionsDefinition) -> Definitions:
     """`defs` plus the reporting assets, depending on the report inputs `defs` defines."""
     reporting = build_reporting_assets(partitions, list(defs.assets or []))
-    return Definitions.merge(defs, Definitions(assets=reporting))
+    resources = {} if "notion" in (defs.resources or {}) else {"notion": notion_resource_from_env()}
+    return Definitions.merge(defs, Definitions(assets=reporting, resources=resources))
 
 
 def watermark_week(partitions: object, span: tuple[str, str] | None) -> str | None:
@@ -247,13 +338,22 @@ def report_run_lines(output_dir: Path, warehouse: WarehouseResource, week: str) 
     ledger = warehouse.table(REPORT_DELIVERIES.name)
     rows = warehouse.execute(ledger.filter(ledger.report_week == week))
     if rows.empty:
-        lines.append("  deliveries:         none recorded (no recipients or channel configured)")
+        note = ReportData.from_json((folder / "report.json").read_text()).state_note
+        lines.append(
+            f"  deliveries:         none: {note}"
+            if note
+            else "  deliveries:         none recorded (no recipients or channel configured)"
+        )
     for (channel, status), group in rows.groupby(["channel", "status"]):
+        # One file per email recipient: name their folder.
+        files = sorted({str(path) for path in group.outbox_path.dropna()})
+        shown = files[0] if len(files) == 1 else f"{Path(files[0]).parent if files else '-'}/"
         where = {
-            "outbox": f"written to the outbox {group.outbox_path.iloc[0]} (no credentials)",
+            "outbox": f"written to the outbox {shown} (no credentials)",
             "sent": "sent",
             "failed": "FAILED, retried on the next run",
             "posted": "text posted, charts not uploaded; retried on the next run",
+            "sending": "interrupted, outcome unknown; checked before any resend on the next run",
         }.get(status, status)
         lines.append(f"  {channel + ' delivery:':<20}{where}: {', '.join(group.recipient)}")
     return lines

@@ -1,26 +1,39 @@
-"""Deliver a written weekly report to Slack and email exactly once, with a ledger.
+"""Deliver a written weekly report to email, Slack and Notion exactly once, with a ledger.
 
-The ledger (`report_deliveries`) holds one row per (report week, channel, recipient). A row
-that is `sent` is never sent again unless forced; `failed` and `outbox` rows are tried again
-on the next run. Each channel is delivered on its own: a Slack failure does not stop email.
+The ledger (`report_deliveries`) holds one row per (report week, channel, recipient), and a
+week's deliveries run under that week's lock in the warehouse: one deliverer at a time,
+whatever started the run. Before a message leaves, its row says `sending` with the message's
+idempotency key; once the service accepted it, `sent`. A run that finds `sending` (the last
+one died, or got no answer) looks before it sends again: Slack, the channel's recent history
+for a message carrying the key in its metadata; Notion, the database for the week's page
+created since; email cannot be looked up, so it goes again with the same Message-ID (mail
+systems that keep one message per Message-ID show it once). A service that answered "no"
+leaves `failed`, tried again on the next run, like `outbox`; `sent` is never sent again
+unless forced. Each channel is delivered on its own: a Slack failure does not stop email.
 Without credentials the exact message is written to the outbox folder instead."""
 
 from __future__ import annotations
 
 import json
+import re
+import smtplib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+from notion_client import APIResponseError
+from notion_client import Client as NotionClient
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from onboarding_pipeline.config.product import ReportSettings
-from onboarding_pipeline.reporting.mail import EmailResource, build_email
+from onboarding_pipeline.reporting import notion as notion_pages
+from onboarding_pipeline.reporting.mail import EmailResource, build_email, report_message_id
+from onboarding_pipeline.reporting.notion import NotionResource
 from onboarding_pipeline.reporting.report import (
     NOT_ENOUGH_DATA,
     ReportData,
@@ -35,8 +48,12 @@ from onboarding_pipeline.reporting.slack import SlackResource
 from onboarding_pipeline.warehouse import WarehouseResource
 from onboarding_pipeline.warehouse.tables import REPORT_DELIVERIES
 
-SENT, OUTBOX, FAILED, POSTED = "sent", "outbox", "failed", "posted"
+SENT, OUTBOX, FAILED, POSTED, SENDING = "sent", "outbox", "failed", "posted", "sending"
 _MAX_ERROR_CHARS = 500
+# `event_type` of the metadata on the Slack message: how a rerun recognises its own post.
+SLACK_METADATA_EVENT = "onboarding_weekly_report"
+# How far before the recorded intent a rerun searches (clocks of this host and the service).
+_CLOCK_SKEW = timedelta(minutes=10)
 
 
 @dataclass
@@ -44,16 +61,19 @@ class DeliveryResult:
     """What one run did, per channel."""
 
     rows: pd.DataFrame  # the week's ledger after the run
-    sent: list[str] = field(default_factory=list)  # "email:a@x", "slack:#c"
+    sent: list[str] = field(default_factory=list)  # "email:a@x", "slack:#c", "notion:<db>"
     outbox: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already sent
     failed: dict[str, str] = field(default_factory=dict)
     outbox_files: list[Path] = field(default_factory=list)
+    # Found already delivered by an earlier, interrupted attempt: recorded, not sent again.
+    recovered: list[str] = field(default_factory=list)
 
 
 class Ledger:
     """The week's rows of `report_deliveries`, rewritten as a whole after every change
-    (delete the week, insert its rows, in one transaction: idempotent)."""
+    (delete the week, insert its rows, in one transaction: idempotent). Read it only while
+    holding the week's delivery lock (`deliver_report` does)."""
 
     def __init__(self, warehouse: WarehouseResource, week: str) -> None:
         self.warehouse = warehouse
@@ -82,11 +102,28 @@ class Ledger:
             "last_error": None,
             "outbox_path": None,
             "sent_at": None,
+            "idempotency_key": None,
+            "intent_at": None,
         }
         row.update(values, updated_at=now)
         if values.get("status") == SENT:
             row["sent_at"] = now
         self.rows[(channel, recipient)] = row
+
+    def intend(self, channel: str, recipient: str, key: str, attempts: int) -> None:
+        """Record, durably, that message `key` is about to leave: a crash from here on leaves
+        `sending`, and the next run checks before it sends again."""
+        self.update(
+            channel,
+            recipient,
+            status=SENDING,
+            attempts=attempts,
+            idempotency_key=key,
+            intent_at=datetime.now(UTC),
+            last_error=None,
+            outbox_path=None,
+        )
+        self.save()
 
     def save(self) -> None:
         schema = REPORT_DELIVERIES.schema.to_pyarrow()
@@ -103,6 +140,29 @@ def _due(ledger: Ledger, channel: str, recipient: str, force: bool) -> bool:
     return force or row is None or row["status"] != SENT
 
 
+def idempotency_key(row: dict[str, Any] | None, fresh: Callable[[int], str]) -> str:
+    """The key of the message a delivery sends: the earlier attempt's while it is not known
+    to be sent (a retry is the same message), a new one for a forced resend of a sent one
+    (`fresh(generation)`, generation = attempts so far)."""
+    if row is None:
+        return fresh(0)
+    if row["status"] in (SENT, POSTED):
+        return fresh(int(row.get("attempts") or 0))
+    return str(row.get("idempotency_key") or fresh(0))
+
+
+def _attempts(row: dict[str, Any] | None) -> int:
+    return int((row or {}).get("attempts") or 0) + 1
+
+
+def _since(row: dict[str, Any] | None) -> datetime | None:
+    """When the earlier attempt recorded its intent, minus the clock skew allowed."""
+    value = (row or {}).get("intent_at")
+    if value is None:
+        return None
+    return pd.Timestamp(value).to_pydatetime().astimezone(UTC) - _CLOCK_SKEW
+
+
 def _short(error: BaseException) -> str:
     if isinstance(error, SlackApiError):
         # The HTTP status and Slack's error code say what to fix; the rest is noise.
@@ -111,16 +171,22 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:_MAX_ERROR_CHARS]
 
 
+def _file_name(text: str) -> str:
+    """`text` as a safe file name (an address or a channel)."""
+    return re.sub(r"[^A-Za-z0-9@._+-]", "_", text)[:120] or "_"
+
+
 # ---------------------------------------------------------------- messages
 
 
 def email_message(
-    data: ReportData, charts: dict[str, bytes], sender: str, recipients: list[str]
+    data: ReportData, charts: dict[str, bytes], sender: str, recipient: str, message_id: str
 ) -> Any:
     return build_email(
         subject=f"{data.title}: week of {data.week}",
         sender=sender,
-        recipients=recipients,
+        recipient=recipient,
+        message_id=message_id,
         text=render_markdown(data),
         html=render_html(data, charts, images="cid"),
         images={content_id(name): (f"{name}.png", png) for name, png in charts.items()},
@@ -128,24 +194,41 @@ def email_message(
 
 
 def slack_escape(text: str) -> str:
-    """Slack mrkdwn treats &, < and > as control characters (links, mentions)."""
+    """Text from config or data as literal Slack text: `&`, `<` and `>` are Slack's control
+    characters (`<!here>`, `<@U123>`, `<https://x|label>`), so they become entities."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _fit(escaped: str, limit: int) -> str:
+    """`escaped` cut to Slack's length limit without leaving half an entity (`&am`)."""
+    if len(escaped) <= limit:
+        return escaped
+    return re.sub(r"&[a-z]{0,3}$", "", escaped[:limit])
+
+
+def _mrkdwn(text: str, limit: int) -> dict[str, Any]:
+    # verbatim: Slack must not turn plain words into links, channel names or mentions either.
+    return {"type": "mrkdwn", "text": _fit(text, limit), "verbatim": True}
+
+
 def slack_blocks(data: ReportData) -> tuple[str, list[dict[str, Any]]]:
-    """The Block Kit summary and its plain-text fallback."""
+    """The Block Kit summary and its fallback `text` (what notifications show).
+
+    Every value from config or data is escaped before it goes into mrkdwn or the fallback
+    text; only the formatting this function adds (`*bold*`, `_italic_`) stays markup. The
+    header is `plain_text`, which Slack never parses, so the title goes there as it is."""
     title = f"{data.title}: week of {data.week}"
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
         {
             "type": "context",
             "elements": [
-                {
-                    "type": "mrkdwn",
-                    "text": slack_escape(
+                _mrkdwn(
+                    slack_escape(
                         f"{data.week} to {data.week_end} · data as of {data.watermark or '-'}"
                     ),
-                }
+                    2000,
+                )
             ],
         },
     ]
@@ -153,28 +236,34 @@ def slack_blocks(data: ReportData) -> tuple[str, list[dict[str, Any]]]:
         fields = []
         for kpi in data.kpis[:10]:
             mark = {True: ":white_check_mark:", False: ":warning:"}.get(kpi["meets_target"], "")
-            line = f"*{kpi['label']}* {mark}\n{fmt_kpi(kpi['value'], kpi['unit'])}"
+            line = fmt_kpi(kpi["value"], kpi["unit"])
             if kpi["change"] is not None:
                 line += f" ({fmt_change(kpi['change'], kpi['unit'])} vs previous cohort)"
             if kpi["target"] is not None:
                 line += f", target {fmt_kpi(kpi['target'], kpi['unit'])}"
-            fields.append({"type": "mrkdwn", "text": slack_escape(line)[:2000]})
+            label = slack_escape(str(kpi["label"]))
+            fields.append(_mrkdwn(f"*{label}* {mark}\n{slack_escape(line)}", 2000))
         blocks.append({"type": "section", "fields": fields})
     else:
-        blocks.append(_section(f"_{NOT_ENOUGH_DATA}: {data.missing.get('kpis', 'no KPIs')}._"))
+        reason = slack_escape(str(data.missing.get("kpis", "no KPIs")))
+        blocks.append(_section(f"_{NOT_ENOUGH_DATA}: {reason}._"))
     blocks.append({"type": "divider"})
     if data.review:
         lines = ["*Issues for the weekly review*"]
         for number, item in enumerate(data.review, start=1):
-            lines.append(f"{number}. *{item['title']}* ({item['owner']})\n{item['evidence']}")
-        blocks.append(_section(slack_escape("\n".join(lines))))
+            heading, owner, evidence = (
+                slack_escape(str(item[key])) for key in ("title", "owner", "evidence")
+            )
+            lines.append(f"{number}. *{heading}* ({owner})\n{evidence}")
+        blocks.append(_section("\n".join(lines)))
     else:
         blocks.append(_section(f"_{NOT_ENOUGH_DATA} for a weekly review._"))
-    return title, blocks
+    return slack_escape(title), blocks
 
 
 def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}
+    """A mrkdwn section; `text` must already be escaped."""
+    return {"type": "section", "text": _mrkdwn(text, 3000)}
 
 
 # ---------------------------------------------------------------- channels
@@ -190,56 +279,102 @@ def deliver_email(
     outbox: Path,
     force: bool,
 ) -> None:
+    """One message per recipient (To: that address only), each with its ledger row."""
     due = [r for r in settings.recipients if _due(ledger, "email", r, force)]
     result.skipped += [f"email:{r}" for r in settings.recipients if r not in due]
     if not due:
         return
-    message = email_message(data, charts, email.sender, due)
+
+    def message_for(recipient: str) -> tuple[Any, str]:
+        key = idempotency_key(
+            ledger.get("email", recipient),
+            lambda generation: report_message_id(data.week, recipient, email.sender, generation),
+        )
+        return email_message(data, charts, email.sender, recipient, key), key
+
     if not email.configured:
-        path = outbox / "email.eml"
-        path.write_bytes(bytes(message))
-        result.outbox_files.append(path)
+        folder = outbox / "email"
+        folder.mkdir(parents=True, exist_ok=True)
         for recipient in due:
+            message, _ = message_for(recipient)
+            path = folder / f"{_file_name(recipient)}.eml"
+            path.write_bytes(bytes(message))
+            result.outbox_files.append(path)
             ledger.update("email", recipient, status=OUTBOX, outbox_path=str(path), last_error=None)
             result.outbox.append(f"email:{recipient}")
         ledger.save()
         return
-    attempts = {r: int((ledger.get("email", r) or {}).get("attempts") or 0) + 1 for r in due}
+    pending = list(due)
     try:
-        refused = email.send(message, due)
-    except Exception as error:  # any SMTP or network failure: the whole message failed
-        for recipient in due:
-            ledger.update(
-                "email",
-                recipient,
-                status=FAILED,
-                attempts=attempts[recipient],
-                last_error=_short(error),
-            )
+        with email.connection() as smtp:
+            while pending:
+                recipient = pending[0]
+                message, key = message_for(recipient)
+                ledger.intend("email", recipient, key, _attempts(ledger.get("email", recipient)))
+                try:
+                    smtp.send(message, recipient)
+                except smtplib.SMTPRecipientsRefused as error:
+                    code, reply = error.recipients.get(recipient, (0, b""))
+                    reason = f"refused: {code} {reply!r}"[:_MAX_ERROR_CHARS]
+                    ledger.update("email", recipient, status=FAILED, last_error=reason)
+                    result.failed[f"email:{recipient}"] = reason
+                else:
+                    # The server's 250 after DATA: delivered, whatever happens to the session.
+                    ledger.update("email", recipient, status=SENT, provider_id=key, last_error=None)
+                    result.sent.append(f"email:{recipient}")
+                ledger.save()
+                pending.pop(0)
+    except Exception as error:  # connection, TLS, login or a dropped session
+        for recipient in pending:
+            # Rows still `sending` keep their Message-ID: the retry is the same message.
+            ledger.update("email", recipient, status=FAILED, last_error=_short(error))
             result.failed[f"email:{recipient}"] = _short(error)
-    else:
-        for recipient in due:
-            if recipient in refused:
-                ledger.update(
-                    "email",
-                    recipient,
-                    status=FAILED,
-                    attempts=attempts[recipient],
-                    last_error=f"refused: {refused[recipient]}"[:_MAX_ERROR_CHARS],
-                )
-                result.failed[f"email:{recipient}"] = refused[recipient]
-            else:
-                ledger.update(
-                    "email",
-                    recipient,
-                    status=SENT,
-                    attempts=attempts[recipient],
-                    provider_id=message["Message-ID"],
-                    last_error=None,
-                    outbox_path=None,
-                )
-                result.sent.append(f"email:{recipient}")
-    ledger.save()
+        ledger.save()
+
+
+def slack_channel_id(client: WebClient, channel: str) -> str:
+    """The id of `channel` (conversations.history needs it): as given when it is an id, else
+    looked up by name (needs the channels:read / groups:read scope)."""
+    if re.fullmatch(r"[CGD][A-Z0-9]{6,}", channel):
+        return channel
+    name = channel.removeprefix("#")
+    for page in client.conversations_list(
+        types="public_channel,private_channel", exclude_archived=True, limit=1000
+    ):
+        for conversation in page.get("channels") or []:
+            if conversation.get("name") == name:
+                return str(conversation["id"])
+    raise RuntimeError(f"Slack channel {channel} not found by conversations.list")
+
+
+def find_slack_post(
+    client: WebClient, channel: str, key: str, since: datetime | None
+) -> tuple[str, str] | None:
+    """(channel id, ts) of the message carrying `key` in its metadata posted since `since`
+    (conversations.history: the channels:history / groups:history scope), or None."""
+    channel_id = slack_channel_id(client, channel)
+    oldest = f"{since.timestamp():.6f}" if since else "0"
+    for page in client.conversations_history(
+        channel=channel_id, oldest=oldest, include_all_metadata=True, limit=200
+    ):
+        for message in page.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            payload = metadata.get("event_payload") or {}
+            if (
+                metadata.get("event_type") == SLACK_METADATA_EVENT
+                and payload.get("idempotency_key") == key
+            ):
+                return channel_id, str(message["ts"])
+    return None
+
+
+def _charts_in_thread(client: WebClient, channel_id: str, ts: str) -> set[str]:
+    """File names already uploaded in the message's thread (by an interrupted attempt)."""
+    names: set[str] = set()
+    for page in client.conversations_replies(channel=channel_id, ts=ts, limit=200):
+        for message in page.get("messages") or []:
+            names.update(str(f.get("name")) for f in message.get("files") or [])
+    return names
 
 
 def deliver_slack(
@@ -254,9 +389,9 @@ def deliver_slack(
 ) -> None:
     if not channel:
         return
-    key = f"slack:{channel}"
+    name = f"slack:{channel}"
     if not _due(ledger, "slack", channel, force):
-        result.skipped.append(key)
+        result.skipped.append(name)
         return
     text, blocks = slack_blocks(data)
     if client is None:
@@ -264,51 +399,158 @@ def deliver_slack(
         payload = {
             "chat.postMessage": {"channel": channel, "text": text, "blocks": blocks},
             "files_upload_v2": [
-                {"filename": f"{name}.png", "title": f"{name.replace('_', ' ')} chart"}
-                for name in charts
+                {"filename": f"{chart}.png", "title": f"{chart.replace('_', ' ')} chart"}
+                for chart in charts
             ],
         }
         path.write_text(json.dumps(payload, indent=2, ensure_ascii=False), encoding="utf-8")
         result.outbox_files.append(path)
         ledger.update("slack", channel, status=OUTBOX, outbox_path=str(path), last_error=None)
-        result.outbox.append(key)
+        result.outbox.append(name)
         ledger.save()
         return
-    row = ledger.get("slack", channel) or {}
-    attempts = int(row.get("attempts") or 0) + 1
+    row = ledger.get("slack", channel)
+    status = (row or {}).get("status")
+    attempts = _attempts(row)
+    step = "check"
     try:
-        if row.get("status") == POSTED and row.get("provider_id") and not force:
-            # The text went out on an earlier run; only the charts are missing.
-            channel_id, ts = str(row["provider_id"]).split("/", 1)
-        else:
-            response = client.chat_postMessage(channel=channel, text=text, blocks=blocks)
-            channel_id, ts = str(response["channel"]), str(response["ts"])
-            ledger.update(
-                "slack",
-                channel,
-                status=POSTED,
-                attempts=attempts,
-                provider_id=f"{channel_id}/{ts}",
-                outbox_path=None,
+        posted: tuple[str, str] | None = None
+        if status == POSTED and (row or {}).get("provider_id") and not force:
+            # The text went out on an earlier run; only the charts may be missing.
+            channel_id, ts = str((row or {})["provider_id"]).split("/", 1)
+            posted = (channel_id, ts)
+        elif status == SENDING:
+            # The last attempt may have posted before it died: look before posting again.
+            posted = find_slack_post(
+                client, channel, str((row or {}).get("idempotency_key")), _since(row)
             )
+            if posted is not None:
+                ledger.update(
+                    "slack", channel, status=POSTED, provider_id="/".join(posted), last_error=None
+                )
+                ledger.save()
+                result.recovered.append(name)
+        if posted is None:
+            key = idempotency_key(
+                row,
+                lambda generation: (
+                    f"onboarding-report:{data.week}:slack:{channel}"
+                    + (f":{generation}" if generation else "")
+                ),
+            )
+            ledger.intend("slack", channel, key, attempts)
+            step = "post"
+            response = client.chat_postMessage(
+                channel=channel,
+                text=text,
+                blocks=blocks,
+                metadata={
+                    "event_type": SLACK_METADATA_EVENT,
+                    "event_payload": {"idempotency_key": key, "report_week": data.week},
+                },
+            )
+            posted = (str(response["channel"]), str(response["ts"]))
+            ledger.update("slack", channel, status=POSTED, provider_id="/".join(posted))
             ledger.save()  # a crash from here on must not post the text twice
-        if charts:
+            row = None  # a new message: its thread is empty
+        step = "upload"
+        channel_id, ts = posted
+        present = _charts_in_thread(client, channel_id, ts) if charts and row else set()
+        missing = {chart: png for chart, png in charts.items() if f"{chart}.png" not in present}
+        if missing:
             client.files_upload_v2(
                 file_uploads=[
-                    {"file": png, "filename": f"{name}.png", "title": f"{name} chart"}
-                    for name, png in charts.items()
+                    {"file": png, "filename": f"{chart}.png", "title": f"{chart} chart"}
+                    for chart, png in missing.items()
                 ],
                 channel=channel_id,
                 thread_ts=ts,
             )
     except Exception as error:  # SlackApiError after the retry handlers gave up, or network
         ledger.update("slack", channel, attempts=attempts, last_error=_short(error))
-        if (ledger.get("slack", channel) or {}).get("status") != POSTED:
+        if step == "post" and isinstance(error, SlackApiError):
+            # Slack answered "no": nothing was posted. Without an answer (timeout, dropped
+            # connection) the row stays `sending` and the next run looks first.
             ledger.update("slack", channel, status=FAILED)
-        result.failed[key] = _short(error)
+        elif step == "check":
+            message = f"could not check whether an earlier attempt posted: {_short(error)}"
+            ledger.update("slack", channel, last_error=message[:_MAX_ERROR_CHARS])
+        result.failed[name] = str(ledger.get("slack", channel)["last_error"])  # type: ignore[index]
     else:
         ledger.update("slack", channel, status=SENT, attempts=attempts, last_error=None)
-        result.sent.append(key)
+        result.sent.append(name)
+    ledger.save()
+
+
+def deliver_notion(
+    ledger: Ledger,
+    result: DeliveryResult,
+    data: ReportData,
+    database_id: str | None,
+    client: NotionClient | None,
+    outbox: Path,
+    force: bool,
+) -> None:
+    """The week's page in the Notion database, once (the same ledger and `sending` check)."""
+    if not database_id:
+        return
+    name = f"notion:{database_id}"
+    if not _due(ledger, "notion", database_id, force):
+        result.skipped.append(name)
+        return
+    if client is None:
+        path = outbox / "notion.json"
+        payload = notion_pages.page_payload(data, "<data source of the database>", "title")
+        payload["parent"] = {"database_id": notion_pages.database_of(database_id)}
+        path.write_text(
+            json.dumps({"pages.create": payload}, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+        result.outbox_files.append(path)
+        ledger.update("notion", database_id, status=OUTBOX, outbox_path=str(path), last_error=None)
+        result.outbox.append(name)
+        ledger.save()
+        return
+    row = ledger.get("notion", database_id)
+    attempts = _attempts(row)
+    step = "check"
+    try:
+        source_id, title_property = notion_pages.data_source_of(client, database_id)
+        title = notion_pages.page_title(data)
+        page_id = None
+        if (row or {}).get("status") == SENDING:
+            page_id = notion_pages.find_page(client, source_id, title_property, title, _since(row))
+            if page_id is not None:
+                result.recovered.append(name)
+        if page_id is None:
+            key = idempotency_key(
+                row,
+                lambda generation: (
+                    f"onboarding-report:{data.week}:notion:{database_id}"
+                    + (f":{generation}" if generation else "")
+                ),
+            )
+            ledger.intend("notion", database_id, key, attempts)
+            step = "create"
+            page_id = notion_pages.create_page(
+                client, notion_pages.page_payload(data, source_id, title_property)
+            )
+    except Exception as error:
+        ledger.update("notion", database_id, attempts=attempts, last_error=_short(error))
+        if step == "create" and isinstance(error, APIResponseError):
+            # Notion answered with an error: no page. No answer: stays `sending`.
+            ledger.update("notion", database_id, status=FAILED)
+        result.failed[name] = _short(error)
+    else:
+        ledger.update(
+            "notion",
+            database_id,
+            status=SENT,
+            attempts=attempts,
+            provider_id=page_id,
+            last_error=None,
+            outbox_path=None,
+        )
+        result.sent.append(name)
     ledger.save()
 
 
@@ -320,31 +562,51 @@ def deliver_report(
     *,
     slack: SlackResource,
     email: EmailResource,
+    notion: NotionResource | None = None,
     outbox_root: Path,
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> DeliveryResult:
-    """Send the report of `data.week` over every configured channel that still needs it."""
+    """Send the report of `data.week` over every configured channel that still needs it.
+
+    The whole delivery holds the week's lock: a concurrent run waits, then finds the
+    ledger's `sent` rows and sends nothing twice."""
     outbox = outbox_root / data.week
     outbox.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(warehouse, data.week)
+    notion = notion or NotionResource()
+    database_id = settings.notion_database_id or notion.database_id
     result = DeliveryResult(rows=pd.DataFrame())
-    for name, deliver in (
-        (
-            "email",
-            lambda: deliver_email(ledger, result, data, charts, settings, email, outbox, force),
-        ),
-        (
-            "slack",
-            lambda: deliver_slack(
-                ledger, result, data, charts, settings.slack_channel, slack.client(), outbox, force
+    with warehouse.exclusive(f"deliveries:{data.week}"):
+        ledger = Ledger(warehouse, data.week)
+        for name, deliver in (
+            (
+                "email",
+                lambda: deliver_email(ledger, result, data, charts, settings, email, outbox, force),
             ),
-        ),
-    ):
-        try:
-            deliver()
-        except Exception as error:  # building the message failed: keep the other channel going
-            result.failed[name] = _short(error)
-            log(f"{name} delivery failed before sending: {_short(error)}")
-    result.rows = ledger.frame()
+            (
+                "slack",
+                lambda: deliver_slack(
+                    ledger,
+                    result,
+                    data,
+                    charts,
+                    settings.slack_channel,
+                    slack.client(),
+                    outbox,
+                    force,
+                ),
+            ),
+            (
+                "notion",
+                lambda: deliver_notion(
+                    ledger, result, data, database_id, notion.client(), outbox, force
+                ),
+            ),
+        ):
+            try:
+                deliver()
+            except Exception as error:  # building the message failed: keep the others going
+                result.failed[name] = _short(error)
+                log(f"{name} delivery failed before sending: {_short(error)}")
+        result.rows = ledger.frame()
     return result

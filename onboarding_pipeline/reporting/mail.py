@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import smtplib
 import ssl
+from collections.abc import Iterator
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
-from typing import Literal
+from email.utils import formatdate, parseaddr
+from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
+from pydantic import field_validator
 
 ENV_SMTP = {
     "host": "SMTP_HOST",
@@ -21,56 +25,103 @@ ENV_SMTP = {
     "ca_file": "SMTP_CA_FILE",
 }
 DEFAULT_SENDER = "onboarding-pipeline@localhost"
+# SMTP_SECURITY values and the port each uses when SMTP_PORT is not set.
+SECURITY_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+
+
+def check_security(value: str) -> str:
+    """A valid `SMTP_SECURITY` value (case-insensitive), else a ValueError naming the choices."""
+    normalized = value.strip().lower()
+    if normalized not in SECURITY_PORTS:
+        raise ValueError(
+            f"SMTP_SECURITY={value!r}: use one of {', '.join(SECURITY_PORTS)} "
+            "(starttls: port 587 upgraded to TLS; ssl: TLS from the start, port 465; "
+            "none: a plain local relay)"
+        )
+    return normalized
 
 
 class EmailResource(ConfigurableResource):
     """An SMTP server. Without `host` nothing is sent and deliveries go to the outbox.
 
     `security`: `starttls` (upgrade a plain connection, port 587), `ssl` (TLS from the start,
-    port 465) or `none` (a local relay). Login happens only when `username` is set."""
+    port 465) or `none` (a local relay, port 25). Login happens only when `username` is set."""
 
     host: str | None = None
     port: int | None = None
     username: str | None = None
     password: str | None = None
     sender: str = DEFAULT_SENDER
-    security: Literal["starttls", "ssl", "none"] = "starttls"
+    # A plain string (not a Literal) so that it can come from an EnvVar; checked below.
+    security: str = "starttls"
     # PEM bundle of a private CA that signed the server's certificate; None = system CAs.
     ca_file: str | None = None
     timeout_seconds: float = 30.0
+
+    @field_validator("security", mode="before")
+    @classmethod
+    def _known_security(cls, value: Any) -> Any:
+        # An EnvVar is checked once Dagster has resolved it (the resource is built again then).
+        if isinstance(value, EnvVar) or not isinstance(value, str):
+            return value
+        return check_security(value)
 
     @property
     def configured(self) -> bool:
         return bool(self.host)
 
-    def send(self, message: EmailMessage, recipients: list[str]) -> dict[str, str]:
-        """Send `message` to `recipients` in one SMTP transaction; returns the recipients
-        the server refused (address -> reason). Raises on a failure of the whole message."""
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[SmtpConnection]:
+        """One SMTP session (TLS and login as configured) for sending several messages."""
         if not self.host:
             raise RuntimeError("SMTP_HOST is not set")
+        security = check_security(self.security)
         # Certificates and host names are always verified.
         context = ssl.create_default_context(cafile=self.ca_file)
-        port = self.port or {"ssl": 465, "starttls": 587}.get(self.security, 25)
+        port = self.port or SECURITY_PORTS[security]
         smtp: smtplib.SMTP
-        if self.security == "ssl":
+        if security == "ssl":
             smtp = smtplib.SMTP_SSL(self.host, port, timeout=self.timeout_seconds, context=context)
         else:
             smtp = smtplib.SMTP(self.host, port, timeout=self.timeout_seconds)
-        with smtp:
+        try:
             smtp.ehlo()
-            if self.security == "starttls":
+            if security == "starttls":
                 smtp.starttls(context=context)
                 smtp.ehlo()
             if self.username:
                 smtp.login(self.username, self.password or "")
-            refused = smtp.send_message(message, to_addrs=recipients)
-        return {address: f"{code} {reply!r}" for address, (code, reply) in refused.items()}
+            yield SmtpConnection(smtp)
+        finally:
+            # Not `with smtp:` — it raises when QUIT is not answered 221. A message whose DATA
+            # got its 250 is delivered whatever QUIT answers (421, or a dropped connection).
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()
+
+
+class SmtpConnection:
+    """An open SMTP session: one message per call, to one recipient."""
+
+    def __init__(self, smtp: smtplib.SMTP) -> None:
+        self._smtp = smtp
+
+    def send(self, message: EmailMessage, recipient: str) -> None:
+        """Returns once the server accepted the message (250 after DATA); raises otherwise
+        (`SMTPRecipientsRefused` when the server refused the address)."""
+        self._smtp.send_message(message, to_addrs=[recipient])
 
 
 def email_resource_from_env() -> EmailResource:
     """The resource for `Definitions`: each setting as an `EnvVar` when that variable is set
-    (resolved at run time; the password never lands in metadata), else its default."""
+    (resolved at run time; the password never lands in metadata), else its default.
+
+    SMTP_SECURITY is also checked right away, so a wrong value stops the code location from
+    loading with a message naming the variable instead of failing the first delivery."""
     present = {field: name for field, name in ENV_SMTP.items() if os.environ.get(name)}
+    if "security" in present:
+        check_security(os.environ[present["security"]])
     settings: dict[str, object] = {
         field: EnvVar.int(name) if field == "port" else EnvVar(name)
         for field, name in present.items()
@@ -78,24 +129,36 @@ def email_resource_from_env() -> EmailResource:
     return EmailResource(**settings)  # type: ignore[arg-type]
 
 
+def report_message_id(week: str, recipient: str, sender: str, generation: int = 0) -> str:
+    """The Message-ID of week `week`'s report to `recipient`: the same on every attempt, so a
+    copy sent again after a crash has the Message-ID of the first (mail systems that keep one
+    message per Message-ID show it once). A forced resend (`generation` > 0) is a new message."""
+    digest = hashlib.sha256(recipient.strip().lower().encode()).hexdigest()[:16]
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+    suffix = f".{generation}" if generation else ""
+    return f"<onboarding-report.{week}.{digest}{suffix}@{domain}>"
+
+
 def build_email(
     *,
     subject: str,
     sender: str,
-    recipients: list[str],
+    recipient: str,
+    message_id: str,
     text: str,
     html: str,
     images: dict[str, tuple[str, bytes]],
 ) -> EmailMessage:
     """multipart/alternative: the plain-text part, then multipart/related holding the HTML
     and its inline images. `images`: Content-ID (without <>) -> (filename, PNG bytes); the
-    HTML refers to them as `cid:<Content-ID>`."""
+    HTML refers to them as `cid:<Content-ID>`. One recipient per message: nobody sees who
+    else receives the report."""
     message = EmailMessage()
     message["Subject"] = subject
     message["From"] = sender
-    message["To"] = ", ".join(recipients)
+    message["To"] = recipient
     message["Date"] = formatdate(localtime=False, usegmt=True)
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "localhost")
+    message["Message-ID"] = message_id
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     html_part: EmailMessage = message.get_payload()[1]  # type: ignore[index,assignment]

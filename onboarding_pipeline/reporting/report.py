@@ -66,6 +66,9 @@ class ReportData:
     scoring_note: str | None = None
     review: list[dict[str, Any]] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
+    # Set for a week before the one that just ended (a backfill): which state the sections
+    # show (today's tables, not that week's) and that the report is not delivered.
+    state_note: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -179,6 +182,7 @@ def gather_report(
             "segment_type",
             "step_index",
             "step",
+            "users_entered",
             "users_reached",
             "conversion_from_start",
             "users_at_previous",
@@ -286,14 +290,20 @@ def read_critical_path(
     else:
         return None
     landmark = ["landmark_hours"] if "landmark_hours" in columns else []
+    through = ["works_through"] if "works_through" in columns else []
     frame = read_table(
-        warehouse, "critical_path", [*CRITICAL_PATH_SHOWN, effect, q_value, *landmark], tables
+        warehouse,
+        "critical_path",
+        [*CRITICAL_PATH_SHOWN, effect, q_value, *landmark, *through],
+        tables,
     )
     if frame is None:
         return None
     if landmark:
         frame = frame[frame.landmark_hours == main_landmark].drop(columns="landmark_hours")
     frame = frame.rename(columns={effect: "adjusted_effect", q_value: "adjusted_q_value"})
+    if "works_through" not in frame.columns:
+        frame["works_through"] = None
     return frame if len(frame) else None
 
 
@@ -439,6 +449,7 @@ def _critical_path(paths: pd.DataFrame | None, top: int) -> dict[str, list[dict[
         "lift",
         "adjusted_effect",
         "adjusted_q_value",
+        "works_through",
     ]
 
     def pick(kind: str, by: str, ascending: bool) -> list[dict[str, Any]]:
@@ -644,7 +655,9 @@ def review_items(data: ReportData, config: ProductConfig) -> list[dict[str, Any]
                 "evidence": f"Users who hit {worst['event_name']} early activate at "
                 f"{fmt_rate(with_)} vs {fmt_rate(without)} without it "
                 f"({worst['users_with_event']:,} users; adjusted effect "
-                f"{fmt_num(worst['adjusted_effect'])}, q = {fmt_num(worst['adjusted_q_value'])}).",
+                f"{fmt_num(worst['adjusted_effect'])}, q = {fmt_num(worst['adjusted_q_value'])}"
+                "): an association, not proof of cause; an experiment that removes it would "
+                "show how much activation it costs.",
                 "owner": owners.critical_path,
             }
         )

@@ -19,9 +19,16 @@ import sqlglot.expressions as sge
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
+from onboarding_pipeline.warehouse.lock import (
+    WarehouseBusyError,
+    acquire_postgres_lock,
+    is_duckdb_lock_error,
+    lock_name,
+    lock_timeout_seconds,
+    release_postgres_lock,
+    safe_location,
+)
 from onboarding_pipeline.warehouse.tables import TABLES, TableSpec
-
-_LOCK_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -39,13 +46,19 @@ class WarehouseResource(ConfigurableResource):
     """Where every table of schema `onboarding` lives.
 
     `url` is `duckdb:///path/to/file.duckdb` or `postgresql://user@host:port/db`.
+
+    Writes take the warehouse's write lock (see `warehouse/lock.py`): one writer at a time,
+    a second one waits up to `lock_timeout_seconds` (None: `ONBOARDING_WAREHOUSE_LOCK_TIMEOUT_
+    SECONDS`, default 600 s) and then fails naming the holder.
     """
 
     url: str
     schema_name: str = "onboarding"
     duckdb_memory_limit: str = "1536MB"
+    lock_timeout_seconds: float | None = None
 
     _backend: Any = PrivateAttr(default=None)
+    _transaction_depth: int = PrivateAttr(default=0)
 
     @property
     def engine(self) -> str:
@@ -54,20 +67,34 @@ class WarehouseResource(ConfigurableResource):
     def connect(self) -> Any:
         """The Ibis backend, created once per resource instance, with every table in place."""
         if self._backend is None:
-            self._backend = self._open()
-            with contextlib.suppress(Exception):
-                self._backend.create_database(self.schema_name, force=True)
-            for spec in TABLES.values():
-                self.ensure_table(spec)
+            backend = self._open()
+            with contextlib.suppress(Exception):  # exists already (or made by a concurrent run)
+                backend.create_database(self.schema_name, force=True)
+            self._backend = backend
+            try:
+                # Under the write lock: two runs starting at once must not both create a table.
+                with self.transaction():
+                    for spec in TABLES.values():
+                        self.ensure_table(spec)
+            except BaseException:
+                self.close()
+                raise
         return self._backend
+
+    @property
+    def location(self) -> str:
+        """The warehouse without credentials, and its schema, for messages."""
+        return f"warehouse {safe_location(self.url)} (schema {self.schema_name})"
 
     def _open(self) -> Any:
         if self.engine == "duckdb":
             path = duckdb_path(self.url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            deadline = time.monotonic() + _LOCK_RETRY_SECONDS
-            # DuckDB lets one process write a file at a time: wait for a concurrent step.
+            timeout = lock_timeout_seconds(self.lock_timeout_seconds)
+            deadline = time.monotonic() + timeout
+            # DuckDB lets one process write a file at a time (its own file lock): wait for the
+            # other process, bounded.
             while True:
                 try:
                     return ibis.duckdb.connect(
@@ -78,8 +105,15 @@ class WarehouseResource(ConfigurableResource):
                         preserve_insertion_order=False,
                     )
                 except Exception as error:
-                    if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                    if not is_duckdb_lock_error(error):
                         raise
+                    if time.monotonic() > deadline:
+                        raise WarehouseBusyError(
+                            f"{self.location}: another process has had the DuckDB file open "
+                            f"for more than {timeout:g} s ({error}). One run writes to a "
+                            "warehouse at a time: wait for it to finish, or raise "
+                            "ONBOARDING_WAREHOUSE_LOCK_TIMEOUT_SECONDS."
+                        ) from None
                     time.sleep(0.5)
         if self.engine == "postgresql":
             return ibis.connect(self.url.replace("postgresql+psycopg://", "postgresql://"))
@@ -134,22 +168,71 @@ class WarehouseResource(ConfigurableResource):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
+        """One transaction holding the warehouse's write lock (nested calls join the outer one).
+
+        PostgreSQL: a transaction-scoped advisory lock, taken before the first statement so
+        that a DELETE sees every row a concurrent writer committed before it. DuckDB: the
+        process already holds the file exclusively."""
         con = self.connect()
-        if self.engine == "postgresql":
-            with con.con.transaction():
+        if self._transaction_depth:
+            self._transaction_depth += 1
+            try:
                 yield
+            finally:
+                self._transaction_depth -= 1
             return
-        con.raw_sql(sge.Transaction())
+        self._transaction_depth = 1
+        try:
+            if self.engine == "postgresql":
+                with con.con.transaction():
+                    acquire_postgres_lock(
+                        con.con,
+                        lock_name(self.schema_name),
+                        timeout=lock_timeout_seconds(self.lock_timeout_seconds),
+                        session=False,
+                        where=self.location,
+                    )
+                    yield
+                return
+            con.raw_sql(sge.Transaction())
+            try:
+                yield
+            except BaseException:
+                con.raw_sql(sge.Rollback())
+                raise
+            con.raw_sql(sge.Commit())
+        finally:
+            self._transaction_depth = 0
+
+    @contextlib.contextmanager
+    def exclusive(self, purpose: str) -> Iterator[None]:
+        """Hold lock `purpose` of this warehouse across several transactions (e.g. one week's
+        deliveries: read the ledger, send, record). PostgreSQL: a session-level advisory lock,
+        freed on exit or when the process dies; DuckDB: the file lock this process holds."""
+        con = self.connect()
+        if self.engine != "postgresql":
+            yield
+            return
+        name = lock_name(self.schema_name, purpose)
+        acquire_postgres_lock(
+            con.con,
+            name,
+            timeout=lock_timeout_seconds(self.lock_timeout_seconds),
+            session=True,
+            where=self.location,
+        )
         try:
             yield
-        except BaseException:
-            con.raw_sql(sge.Rollback())
-            raise
-        con.raw_sql(sge.Commit())
+        finally:
+            with contextlib.suppress(Exception):  # a dropped connection released it already
+                release_postgres_lock(con.con, name)
 
     def replace_table(self, name: str, rows: ir.Table) -> ir.Table:
         """Create or replace a table whose columns follow the data (e.g. `user_features`)."""
-        return self.connect().create_table(name, rows, database=self.schema_name, overwrite=True)
+        with self.transaction():
+            return self.connect().create_table(
+                name, rows, database=self.schema_name, overwrite=True
+            )
 
     def replace_all(self, name: str, rows: ir.Table | pa.Table) -> None:
         """Make `rows` the whole content of table `name`, atomically."""
@@ -191,11 +274,12 @@ class WarehouseResource(ConfigurableResource):
         reruns add nothing); returns how many were added."""
         if rows.num_rows == 0:
             return 0
-        staged = self.stage(f"_new_{name}", rows)
-        existing = self.table(name).select(*keys).distinct()
-        fresh = staged.anti_join(existing, keys)
-        added = int(self.execute(fresh.count()))
+        # Read and append under one lock: two runs must not both add the same new rows.
         with self.transaction():
+            staged = self.stage(f"_new_{name}", rows)
+            existing = self.table(name).select(*keys).distinct()
+            fresh = staged.anti_join(existing, keys)
+            added = int(self.execute(fresh.count()))
             self._insert(name, fresh)
         return added
 

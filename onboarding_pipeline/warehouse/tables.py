@@ -219,15 +219,21 @@ REPORT_DELIVERIES = TableSpec(
     ibis.schema(
         {
             "report_week": "!string",  # Monday of the weekly partition
-            "channel": "!string",  # email | slack
-            "recipient": "!string",  # email address or Slack channel
-            "status": "!string",  # sent | outbox | failed | posted (Slack text sent, charts not)
+            "channel": "!string",  # email | slack | notion
+            "recipient": "!string",  # email address, Slack channel or Notion database
+            # sending (intent recorded, outcome unknown: checked before any resend) | sent |
+            # outbox | failed | posted (Slack text sent, charts not yet)
+            "status": "!string",
             "attempts": "!int64",
-            "provider_id": "string",  # SMTP Message-ID or Slack channel/ts
+            "provider_id": "string",  # SMTP Message-ID, Slack channel/ts or Notion page id
             "last_error": "string",
             "outbox_path": "string",  # the message written instead of sent (no credentials)
             "sent_at": UTC_TIMESTAMP,
             "updated_at": UTC_TIMESTAMP.copy(nullable=False),
+            # The message's identity across attempts: the email Message-ID, the key in the
+            # Slack message's metadata, the Notion page's key.
+            "idempotency_key": "string",
+            "intent_at": UTC_TIMESTAMP,  # when `sending` was recorded (history is searched from it)
         }
     ),
     "Delivery ledger of the weekly report: one row per (report week, channel, recipient).",

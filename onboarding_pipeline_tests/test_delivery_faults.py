@@ -1,0 +1,339 @@
+"""Exactly once across crashes and retries: a delivery process SIGKILLed between the service's
+acceptance and the ledger write, an SMTP server that answers QUIT with 421, a job with step
+retries. Real slack-sdk against a stub that remembers what was posted, real smtplib against
+aiosmtpd, the ledger in real DuckDB / PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from dagster import Definitions, RetryPolicy, define_asset_job
+from pytest_httpserver import HTTPServer
+
+from onboarding_pipeline.config import ProductConfig
+from onboarding_pipeline.config.product import ReportSettings
+from onboarding_pipeline.orchestration.jobs import report_selection
+from onboarding_pipeline.reporting.assets import build_reporting_assets, weekly_partitions
+from onboarding_pipeline.reporting.delivery import SENDING, SENT, deliver_report
+from onboarding_pipeline.reporting.mail import EmailResource
+from onboarding_pipeline.reporting.notion import NotionResource
+from onboarding_pipeline.reporting.report import ReportData, load_report, write_report
+from onboarding_pipeline.reporting.slack import SlackResource
+from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
+from onboarding_pipeline.warehouse import WarehouseResource
+from onboarding_pipeline_tests.conftest import POSTGRES_URL
+from onboarding_pipeline_tests.delivery_stubs import (
+    CHANNEL_ID,
+    Inbox,
+    SlackStub,
+    smtp_server,
+    wait_for,
+)
+
+WEEK = "2026-10-26"
+RECIPIENTS = ["stakeholders@example.com", "growth@example.com"]
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def report_folder(tmp_path: Path) -> Path:
+    data = ReportData(
+        title="Weekly onboarding report",
+        week=WEEK,
+        week_end="2026-11-01",
+        watermark="2026-11-01 00:57 UTC",
+        generated_at="2026-11-02 08:00 UTC",
+        language="en",
+        funnel=[
+            {
+                "step_index": 1,
+                "step": "onboarding_started",
+                "users_reached": 90,
+                "conversion_from_start": 1.0,
+                "users_at_previous": 90,
+                "conversion_from_previous": 1.0,
+                "dropped": 0,
+                "drop_off_rate": 0.0,
+                "median_hours_from_previous": None,
+            }
+        ],
+        base_rate=[
+            {"cohort": "2026-10-12", "rate": 0.35, "users": 80, "ci_low": 0.25, "ci_high": 0.46}
+        ],
+    )
+    folder = tmp_path / "reports" / WEEK
+    write_report(data, folder)
+    return folder
+
+
+@pytest.fixture
+def postgres_warehouse() -> Iterator[WarehouseResource]:
+    schema = f"onboarding_test_{uuid.uuid4().hex[:8]}"
+    warehouse = WarehouseResource(url=POSTGRES_URL, schema_name=schema)
+    try:
+        yield warehouse
+    finally:
+        warehouse.connect().drop_database(schema, force=True, cascade=True)
+        warehouse.close()
+
+
+def ledger(warehouse: WarehouseResource) -> pd.DataFrame:
+    rows = warehouse.execute(warehouse.table("report_deliveries"))
+    return rows.sort_values(["channel", "recipient"]).set_index(["channel", "recipient"])
+
+
+def start_child(settings: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "onboarding_pipeline_tests.delivery_child", json.dumps(settings)],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kill(child: subprocess.Popen[str]) -> None:
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(30) == -signal.SIGKILL
+
+
+def deliver_again(
+    warehouse: WarehouseResource, folder: Path, tmp_path: Path, **resources: Any
+) -> Any:
+    data, charts = load_report(folder)
+    return deliver_report(
+        warehouse,
+        data,
+        charts,
+        ReportSettings(
+            recipients=resources.pop("recipients", []), slack_channel=resources.pop("channel", "")
+        ),
+        slack=resources.get("slack") or SlackResource(),
+        email=resources.get("email") or EmailResource(),
+        notion=NotionResource(),
+        outbox_root=tmp_path / "outbox",
+        log=lambda line: None,
+    )
+
+
+# ---------------------------------------------------------------- SIGKILL
+
+
+def test_killed_between_slack_reply_and_ledger_write_posts_once(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, postgres_warehouse, report_folder, tmp_path
+) -> None:
+    """Slack has the message, the process dies before it hears back: the ledger says
+    `sending`; the rerun finds the message by its metadata and does not post it again."""
+    stub = SlackStub(httpserver)
+    stub.block_after_post = True
+    child = start_child(
+        {
+            "warehouse_url": POSTGRES_URL,
+            "schema": postgres_warehouse.schema_name,
+            "report_folder": str(report_folder),
+            "outbox": str(tmp_path / "outbox"),
+            "slack_channel": "#onboarding",
+            "slack_base_url": httpserver.url_for("/api/"),
+        }
+    )
+    try:
+        wait_for(stub.posted, 60, "chat.postMessage")
+        row = ledger(postgres_warehouse).loc[("slack", "#onboarding")]
+        assert row.status == SENDING  # the intent was durable before the message left
+        key = row.idempotency_key
+        assert stub.messages[0]["metadata"]["event_payload"]["idempotency_key"] == key
+        kill(child)
+    finally:
+        stub.release.set()
+        if child.poll() is None:
+            child.kill()
+
+    # The killed process's session lock on the week is gone with its connection.
+    slack = SlackResource(token="xoxb-test", base_url=httpserver.url_for("/api/"))
+    stub.block_after_post = False
+    result = deliver_again(
+        postgres_warehouse, report_folder, tmp_path, slack=slack, channel="#onboarding"
+    )
+
+    assert result.failed == {}
+    assert result.recovered == ["slack:#onboarding"] and result.sent == ["slack:#onboarding"]
+    assert stub.count("chat.postMessage") == 1 and len(stub.messages) == 1
+    assert stub.count("conversations.history") == 1
+    assert stub.count("files.completeUploadExternal") == 1  # charts, once, in its thread
+    assert {f["name"] for f in stub.messages[0]["files"]} == {"base_rate.png", "funnel.png"}
+    row = ledger(postgres_warehouse).loc[("slack", "#onboarding")]
+    assert (row.status, row.provider_id) == (SENT, f"{CHANNEL_ID}/{stub.messages[0]['ts']}")
+    assert row.idempotency_key == key and row.attempts == 2
+
+    # And a third run sends nothing at all.
+    calls = len(stub.calls)
+    deliver_again(postgres_warehouse, report_folder, tmp_path, slack=slack, channel="#onboarding")
+    assert len(stub.calls) == calls
+
+
+def test_killed_after_charts_uploaded_does_not_upload_them_again(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, warehouse, report_folder, tmp_path
+) -> None:
+    stub = SlackStub(httpserver)
+    stub.block_after_upload = True
+    child = start_child(
+        {
+            "warehouse_url": warehouse.url,
+            "schema": warehouse.schema_name,
+            "report_folder": str(report_folder),
+            "outbox": str(tmp_path / "outbox"),
+            "slack_channel": "#onboarding",
+            "slack_base_url": httpserver.url_for("/api/"),
+        }
+    )
+    try:
+        wait_for(stub.uploaded, 60, "files.completeUploadExternal")
+        kill(child)
+    finally:
+        stub.release.set()
+        if child.poll() is None:
+            child.kill()
+    assert ledger(warehouse).loc[("slack", "#onboarding")].status == "posted"
+
+    stub.block_after_upload = False
+    result = deliver_again(
+        warehouse,
+        report_folder,
+        tmp_path,
+        slack=SlackResource(token="xoxb-test", base_url=httpserver.url_for("/api/")),
+        channel="#onboarding",
+    )
+    assert result.sent == ["slack:#onboarding"]
+    assert stub.count("chat.postMessage") == 1
+    assert stub.count("conversations.replies") == 1
+    assert stub.count("files.completeUploadExternal") == 1  # not again
+    assert ledger(warehouse).loc[("slack", "#onboarding")].status == SENT
+
+
+def test_killed_after_smtp_data_resends_with_the_same_message_id(  # type: ignore[no-untyped-def]
+    warehouse, report_folder, tmp_path
+) -> None:
+    """The server has the message but the process dies before the 250: email cannot be looked
+    up, so the rerun sends the same message (same Message-ID) again; the other recipient
+    gets theirs once."""
+    inbox = Inbox()
+    inbox.block_data = True
+    with smtp_server(inbox) as port:
+        child = start_child(
+            {
+                "warehouse_url": warehouse.url,
+                "schema": warehouse.schema_name,
+                "report_folder": str(report_folder),
+                "outbox": str(tmp_path / "outbox"),
+                "recipients": RECIPIENTS,
+                "smtp_port": port,
+            }
+        )
+        try:
+            wait_for(inbox.received, 60, "SMTP DATA")
+            kill(child)
+        finally:
+            inbox.release.set()
+            if child.poll() is None:
+                child.kill()
+        assert ledger(warehouse).loc[("email", RECIPIENTS[0])].status == SENDING
+        inbox.block_data = False
+        result = deliver_again(
+            warehouse,
+            report_folder,
+            tmp_path,
+            recipients=RECIPIENTS,
+            email=EmailResource(
+                host="127.0.0.1", port=port, security="none", sender="reports@example.com"
+            ),
+        )
+    assert sorted(result.sent) == sorted(f"email:{r}" for r in RECIPIENTS)
+    by_recipient: dict[str, list[str]] = {}
+    for envelope, message in zip(inbox.envelopes, inbox.messages(), strict=True):
+        by_recipient.setdefault(envelope.rcpt_tos[0], []).append(message["Message-ID"])
+    first = by_recipient[RECIPIENTS[0]]
+    assert len(first) == 2 and first[0] == first[1]  # the same message, twice
+    assert len(by_recipient[RECIPIENTS[1]]) == 1
+    rows = ledger(warehouse)
+    assert rows.loc[("email", RECIPIENTS[0])].provider_id == first[0]
+    assert rows.loc[("email", RECIPIENTS[0])].attempts == 2
+    assert rows.loc[("email", RECIPIENTS[1])].attempts == 1
+    assert set(rows.status) == {SENT}
+
+
+# ---------------------------------------------------------------- QUIT 421 and step retries
+
+
+class QuitRefusedFirstDataDeferred(Inbox):
+    """Accepts every message (250 after DATA) but answers QUIT with 421; the first DATA for
+    growth@ gets a temporary 451 (a real failure: the step fails and is retried)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deferred = False
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if envelope.rcpt_tos == [RECIPIENTS[1]] and not self.deferred:
+            self.deferred = True
+            return "451 Try again later"
+        return await super().handle_DATA(server, session, envelope)
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        return "421 Service not available, closing transmission channel"
+
+
+def test_quit_421_after_250_counts_as_sent_in_a_job_with_step_retries(tmp_path: Path) -> None:
+    inbox = QuitRefusedFirstDataDeferred()
+    config_path = tmp_path / "onboarding.yaml"
+    config_path.write_text(
+        "aha_events: [dashboard_shared]\npartitions_start_date: 2026-06-01\n"
+        "as_of: 2026-10-30T12:00:00Z\n"
+        f"report: {{recipients: [{', '.join(RECIPIENTS)}], slack_channel: ''}}\n"
+    )
+    config = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-06-01")
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    with smtp_server(inbox) as port:
+        defs = Definitions(
+            assets=build_reporting_assets(weekly_partitions(config), []),
+            jobs=[
+                # weekly_report_job's selection and retries, without the 30 s delay.
+                define_asset_job(
+                    "weekly_report_job",
+                    selection=report_selection,
+                    op_retry_policy=RetryPolicy(max_retries=2),
+                )
+            ],
+            resources={
+                "warehouse": warehouse,
+                "product_config": ProductConfigResource(path=str(config_path)),
+                "outputs": OutputDirResource(path=str(tmp_path / "out")),
+                "slack": SlackResource(),
+                "email": EmailResource(
+                    host="127.0.0.1", port=port, security="none", sender="reports@example.com"
+                ),
+                "notion": NotionResource(),
+            },
+        )
+        result = defs.resolve_job_def("weekly_report_job").execute_in_process(
+            partition_key=WEEK, raise_on_error=False
+        )
+    assert result.success
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 1  # the 451, not the 421s
+    # Each recipient got the report exactly once, though every QUIT was answered 421.
+    assert sorted(e.rcpt_tos[0] for e in inbox.envelopes) == sorted(RECIPIENTS)
+    rows = ledger(warehouse)
+    assert set(rows.status) == {SENT}
+    assert rows.loc[("email", RECIPIENTS[0])].attempts == 1
+    assert rows.loc[("email", RECIPIENTS[1])].attempts == 2
+    warehouse.close()
