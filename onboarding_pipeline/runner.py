@@ -26,7 +26,7 @@ from onboarding_pipeline.code_location import build_definitions
 from onboarding_pipeline.config import load_config
 from onboarding_pipeline.connectors.base import ConnectorSource
 from onboarding_pipeline.engagement.assets import run_summary_lines
-from onboarding_pipeline.ingestion.load import event_date_span
+from onboarding_pipeline.ingestion.load import event_date_span, unread_files_warning
 from onboarding_pipeline.ingestion.sources import FileSource
 from onboarding_pipeline.orchestration.jobs import REPORT_GROUPS
 from onboarding_pipeline.partitions import EVENTS_ASSET, partition_key_of
@@ -336,6 +336,12 @@ def run_pipeline(
         instance.dispose()
     summary = summarize(settings, home, span)
     summary.failures = failures
+    source = (defs.resources or {}).get("source")
+    if isinstance(source, FileSource):
+        # Said in the summary too: a compressed export left unread is easy to miss otherwise.
+        unread = source.unread_files()
+        if unread:
+            summary.notes.append(f"  warning: {unread_files_warning(unread)}")
     if report_week:
         reported: str = report_week
         warehouse = WarehouseResource(url=settings.warehouse_url)
@@ -406,7 +412,7 @@ def summarize(settings: Settings, home: Path, span: tuple[str, str] | None) -> R
             # One name per class (the table has a row per landmark and event).
             events_by_class={
                 kind: sorted(overall.event_name[overall.classification == kind])
-                for kind in ("driver", "vanity", "blocker")
+                for kind in ("driver", "prerequisite", "vanity", "blocker")
             },
             engagement_lines=_guarded(
                 "engagement summary", lambda: run_summary_lines(warehouse), [], notes

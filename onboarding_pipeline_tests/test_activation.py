@@ -20,6 +20,7 @@ from onboarding_pipeline.activation.critical_path import (
     classify,
     critical_path,
     find_aliases,
+    judgement,
     landmark_summary,
     naive_association,
 )
@@ -445,7 +446,20 @@ def test_classes_follow_their_definitions() -> None:
         return classify(pd.Series(base | values), CONFIG.critical_path)
 
     sig_positive = {"total_effect": 0.6, "total_ci_low": 0.3, "total_ci_high": 0.9}
-    assert kind(**sig_positive, total_q_value=0.01) == "driver"
+    # A driver clears the margin in total and with the other steps held fixed.
+    assert kind(**sig_positive, total_q_value=0.01, direct_ci_low=0.3, direct_ci_high=0.8) == (
+        "driver"
+    )
+    assert kind(**sig_positive, total_q_value=0.01) == "inconclusive"  # direct 0.1..0.5
+    # Nothing left with the other steps fixed, no later step carries it, and it opens none:
+    # it rode along with the rest of the behaviour (naive log OR 0.69 outside the interval).
+    null_direct = {"direct_ci_low": -0.1, "direct_ci_high": 0.2}
+    assert kind(**sig_positive, **null_direct, total_q_value=0.01) == "vanity"
+    # The same, but it opens later steps that matter: maybe a prerequisite, not vanity.
+    assert (
+        kind(**sig_positive, **null_direct, total_q_value=0.01, enables_later_step=True)
+        == "inconclusive"
+    )
     # Significant but not clear of the margin (log 1.25 = 0.22): not a driver.
     small = {"total_effect": 0.25, "total_ci_low": 0.1, "total_ci_high": 0.4}
     assert kind(**small, total_q_value=0.01) == "inconclusive"
@@ -485,6 +499,12 @@ def test_classes_follow_their_definitions() -> None:
         kind(total_effect=0.1, total_ci_low=-0.5, total_ci_high=0.9, total_q_value=0.6)
         == "inconclusive"
     )
+    # Excludes 0 before the false-discovery correction, not after: the note says so.
+    row = pd.Series(
+        base
+        | {"total_effect": 0.3, "total_ci_low": 0.05, "total_ci_high": 0.55, "total_q_value": 0.08}
+    )
+    assert judgement(row, CONFIG.critical_path)[1].startswith("the interval excludes 0, but not")
     assert (
         kind(total_effect=np.nan, total_ci_low=np.nan, total_ci_high=np.nan, total_q_value=np.nan)
         == "inconclusive"
@@ -500,3 +520,38 @@ def test_scoring_ages_cover_the_window_and_hold_the_ladder() -> None:
 
 def test_feature_events_come_from_the_count_columns(world: World) -> None:
     assert feature_events(world.features) == world.events
+
+
+def test_features_build_without_invitations_or_funnel_steps(tmp_path: Path) -> None:
+    """A product without invitations (`invite_events: {sent: [], accepted: []}`) and without
+    funnel steps still gets its features (Ibis folds `isin([])` into a constant)."""
+    generate_sample(tmp_path, users=120, seed=4, progress=False)
+    config = CONFIG.model_copy(
+        update={
+            "funnel_steps": [],
+            "invite_events": CONFIG.invite_events.model_copy(update={"sent": [], "accepted": []}),
+        }
+    )
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    ingest_all(warehouse, tmp_path, config, window=WINDOW)
+    write_sessions(warehouse, timedelta(minutes=30), *WINDOW)
+    table, _, _ = build_features(
+        warehouse.table("raw_users"),
+        warehouse.table("raw_events"),
+        warehouse.table("sessions"),
+        config,
+        warehouse.connect(),
+    )
+    features = warehouse.execute(table)
+    warehouse.close()
+    assert len(features) == 120
+    assert (features.invites_sent == 0).all() and (features.invites_accepted == 0).all()
+    assert features.hours_to_first_key_action.isna().all()
+
+
+def test_an_event_done_by_everyone_has_no_odds_ratio() -> None:
+    activated = np.array([True, False, True, False, False])
+    row = naive_association(np.ones(5, dtype=bool), activated, CONFIG.critical_path)
+    assert (row["users_with_event"], row["users_without_event"]) == (5, 0)
+    assert np.isnan(row["odds_ratio"]) and np.isnan(row["ci_low"]) and np.isnan(row["lift"])
+    assert row["activation_rate_with"] == pytest.approx(0.4)

@@ -1,9 +1,13 @@
 """The hostile corpus on PostgreSQL and on DuckDB: the same rows accepted, the same rows
-quarantined with the same reason, field and detail, the same manifest."""
+quarantined with the same reason, field and detail, the same manifest.
+
+Every test here needs the server: the module is marked `postgres`, so conftest's one probe
+skips them with its reason when it is unreachable (and `ONBOARDING_TEST_REQUIRE_POSTGRES=1`
+makes that an error), and `ONBOARDING_TEST_POSTGRES_URL` chooses the server.
+"""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,22 +22,13 @@ from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.ingestion.load import ingest_events, ingest_users
 from onboarding_pipeline.ingestion.sources import FileSource
 from onboarding_pipeline.warehouse import WarehouseResource
+from onboarding_pipeline_tests.conftest import POSTGRES_URL
 
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 CLOCK = datetime(2026, 11, 1, tzinfo=UTC)
 WINDOW = (datetime(2024, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
 CONFIG = ProductConfig(aha_events=["a"], partitions_start_date="2026-01-01")
 
-
-def postgres_reachable() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not postgres_reachable(), reason="no PostgreSQL at 127.0.0.1:5432")
+pytestmark = pytest.mark.postgres
 
 
 def corpus(directory: Path) -> None:

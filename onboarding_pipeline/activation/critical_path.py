@@ -41,6 +41,7 @@ from firthmodels import FirthLogisticRegression
 from scipy.stats import chi2_contingency, fisher_exact, norm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
+from threadpoolctl import threadpool_limits
 
 from onboarding_pipeline.activation.landmarks import Buckets, activated_by, landmark_population
 from onboarding_pipeline.config.product import CriticalPathRules
@@ -83,6 +84,9 @@ class Population:
         return self.by_day[day][f"n_{event}"].to_numpy()
 
 
+# One BLAS thread: the regressions are small, and threads fighting over two cores made them
+# many times slower.
+@threadpool_limits.wrap(limits=1)
 def critical_path(
     outcomes: pd.DataFrame,
     buckets: Buckets,
@@ -231,8 +235,8 @@ def _judge(
             row.update(direct.get(event, {}))
             if direct.get(event, {}).get("direct_note"):
                 notes.append(f"direct effect: {direct[event]['direct_note']}")
-            row["works_through"] = (
-                None
+            row["works_through"], row["enables_later_step"] = (
+                (None, False)
                 if population.segment_type != "overall"
                 else _mediator(
                     population,
@@ -291,6 +295,19 @@ def naive_association(
     with_event, without_event = a + b, c + d
     rate_with = a / with_event if with_event else np.nan
     rate_without = c / without_event if without_event else np.nan
+    if not with_event or not without_event:
+        # Done by everyone (or no one): nothing to compare, so no ratio and no interval.
+        return {
+            "users_with_event": with_event,
+            "users_without_event": without_event,
+            "activation_rate_with": rate_with,
+            "activation_rate_without": rate_without,
+            "lift": np.nan,
+            "odds_ratio": np.nan,
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+            "p_value": np.nan,
+        }
     # Haldane-Anscombe: 0.5 in every cell, so empty cells give a finite, shown estimate.
     log_or = math.log((a + 0.5) * (d + 0.5) / ((b + 0.5) * (c + 0.5)))
     se = math.sqrt(1 / (a + 0.5) + 1 / (b + 0.5) + 1 / (c + 0.5) + 1 / (d + 0.5))
@@ -322,7 +339,11 @@ def _p_value(a: int, b: int, c: int, d: int) -> float:
 
 def find_aliases(did: np.ndarray, events: list[str], min_jaccard: float) -> dict[str, str]:
     """event -> the event it duplicates (same users, Jaccard >= `min_jaccard`); the more
-    widespread name of each group is kept."""
+    widespread name of each group is kept.
+
+    A lossy copy (one name logged for only 90 % of the other's occurrences) is not caught: at
+    hour resolution it looks just like a funnel step that most users do in the same hour as
+    the step before it, and merging those would be wrong far more often."""
     counts = did.sum(axis=0)
     both = did.T.astype(np.int64) @ did.astype(np.int64)
     either = counts[:, None] + counts[None, :] - both
@@ -472,8 +493,9 @@ def _mediator(
     total: dict[str, Any],
     rows: np.ndarray,
     activated: np.ndarray,
-) -> str | None:
-    """The later step(s) that `event` matters through, if they explain its total effect.
+) -> tuple[str | None, bool]:
+    """The later step(s) that `event` matters through, if they explain its total effect, and
+    whether it enables any later step that matters (a candidate).
 
     Only for a positive total effect whose direct effect is indistinguishable from 0. Later
     steps (first done at the same hour or after it) with a positive direct effect that `event`
@@ -490,13 +512,13 @@ def _mediator(
     direct_low = details.get("direct_ci_low", np.nan)
     direct_high = details.get("direct_ci_high", np.nan)
     if not (np.isfinite(effect) and low > 0 and np.isfinite(direct_low)):
-        return None
+        return None, False
     if not direct_low <= 0 <= direct_high:
-        return None
+        return None, False
     i = events.index(event)
     doers = did[:, i]
     if doers.all() or not doers.any():
-        return None
+        return None, False
     candidates = []
     for other in judged:
         if other == event or timing[other] < timing[event]:
@@ -519,10 +541,10 @@ def _mediator(
     single = {other: remaining([other]) for other in chosen}
     best = min(single, key=lambda other: single[other], default=None)
     if best is not None and np.isfinite(single[best]):
-        return best
+        return best, True
     if len(chosen) > 1 and np.isfinite(remaining(chosen)):
-        return ", ".join(chosen)
-    return None
+        return ", ".join(chosen), True
+    return None, bool(chosen)
 
 
 def e_values(row: dict[str, Any], base_rate: float) -> tuple[float, float]:
@@ -626,6 +648,10 @@ def classify(row: Any, rules: CriticalPathRules) -> str:
     return judgement(row, rules)[0]
 
 
+def _flag(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
 def judgement(row: Any, rules: CriticalPathRules) -> tuple[str, str]:
     """(class, why) of one row; `why` is empty when the class says it all.
 
@@ -646,22 +672,37 @@ def judgement(row: Any, rules: CriticalPathRules) -> tuple[str, str]:
     naive_positive = naive_significant and naive > 0 and row.lift >= rules.vanity_min_lift
     direct_low, direct_high = row.direct_ci_low, row.direct_ci_high
     direct_known = np.isfinite(direct_low) and np.isfinite(direct_high)
+    direct_null = direct_known and direct_low <= 0 <= direct_high
     significant = q < rules.alpha
+    # Explained away by the rest of the behaviour (nothing left with the other steps held
+    # fixed, the naive effect outside that interval), and it opens no later step that matters.
+    rides_along = (
+        naive_positive
+        and direct_null
+        and direct_high < naive
+        and not _flag(getattr(row, "enables_later_step", False))
+    )
     if significant and total > 0 and low > margin:
-        if direct_known and direct_low <= 0 <= direct_high:
+        if direct_null:
             if isinstance(row.works_through, str):
                 return "prerequisite", ""
-            # Significant before the later steps are held fixed, nothing after, and no later
-            # step it enables carries it: neither a driver nor (the total is no artefact of
-            # adjustment) vanity.
+            if rides_along:
+                return "vanity", ""
             return "inconclusive", (
-                "associated, but nothing is left once the other steps are held fixed and no "
-                "single later step carries it"
+                "associated, but nothing is left once the other steps are held fixed, and the "
+                "later steps it opens do not carry it"
             )
-        return "driver", ""
+        if not direct_known or direct_low > margin:
+            return "driver", ""
+        return "inconclusive", (
+            "associated in total, but with the other steps held fixed its own effect does not "
+            f"clear the equivalence margin (odds ratio {rules.equivalence_odds_ratio:g})"
+        )
     if significant and total < 0 and high < -margin:
         return "blocker", ""
     if naive_positive and high < naive and low <= 0:
+        return "vanity", ""
+    if significant and total > 0 and rides_along:
         return "vanity", ""
     if -margin < low and high < margin:
         return "no_effect", ""
@@ -670,6 +711,11 @@ def judgement(row: Any, rules: CriticalPathRules) -> tuple[str, str]:
             f"associated, but the interval does not clear the equivalence margin "
             f"(odds ratio {rules.equivalence_odds_ratio:g}): possibly a small effect, possibly "
             f"confounding by engagement"
+        )
+    if low > 0 or high < 0:
+        return "inconclusive", (
+            f"the interval excludes 0, but not after the false-discovery correction over every "
+            f"row judged (q = {q:.3g})"
         )
     return "inconclusive", "the interval is too wide to tell an effect from none"
 

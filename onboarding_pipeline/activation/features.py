@@ -103,6 +103,14 @@ def choose_feature_events(early: ir.Table, config: ProductConfig, backend: objec
     return list(backend.execute(top).event_name)  # type: ignore[attr-defined]
 
 
+def one_of(column: ir.StringColumn, names: list[str]) -> ir.BooleanColumn:
+    """`column.isin(names)`, also for no names: Ibis folds `isin([])` into a constant, which no
+    aggregate accepts (a product without invitations configures `invite_events: {sent: []}`)."""
+    if names:
+        return column.isin(names)
+    return column.isnull() & column.notnull()  # False, bound to the column
+
+
 def feature_table(
     early: ir.Table,
     sessions: ir.Table,
@@ -129,10 +137,10 @@ def feature_table(
         early_events=early.count(),
         active_days=count_distinct([day == d for d in range(horizon_days)]),
         onboarding_steps_completed=count_distinct([early.event_name == s for s in steps]),
-        invites_sent=count_true(early.event_name.isin(config.invite_events.sent)),
-        invites_accepted=count_true(early.event_name.isin(config.invite_events.accepted)),
+        invites_sent=count_true(one_of(early.event_name, config.invite_events.sent)),
+        invites_accepted=count_true(one_of(early.event_name, config.invite_events.accepted)),
         hours_to_first_key_action=ibis.ifelse(
-            early.event_name.isin(key_actions), early.hours_since_signup, None
+            one_of(early.event_name, key_actions), early.hours_since_signup, None
         ).min(),
         **per_event,
     )

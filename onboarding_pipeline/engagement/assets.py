@@ -627,7 +627,7 @@ def nudges(
     metadata: dict[str, Any] = {
         "dagster/row_count": len(table),
         "by_source": counts(table.message_source),
-        "template_reasons": counts(table.note.dropna().str.slice(0, 120)),
+        "template_reasons": counts(table.note.dropna().astype(str).str.slice(0, 120)),
         "model": settings.model,
         "llm_enabled": client is not None,
         "api_replies": usage.replies,

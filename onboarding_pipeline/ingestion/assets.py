@@ -103,7 +103,7 @@ def raw_users(
     warehouse: WarehouseResource,
     source: SourceResource,
     product_config: ProductConfigResource,
-) -> Iterator[MaterializeResult | AssetCheckResult]:
+) -> Iterator[MaterializeResult[None] | AssetCheckResult]:
     """Every accepted user of the input, one row each, signup_at in UTC.
 
     Rejected rows go to `onboarding.quarantine` (kind `users`) with the reason; a user id
@@ -159,7 +159,7 @@ def build_raw_events(partitions: TimeWindowPartitionsDefinition) -> AssetsDefini
         warehouse: WarehouseResource,
         source: SourceResource,
         product_config: ProductConfigResource,
-    ) -> Iterator[MaterializeResult | AssetCheckResult]:
+    ) -> Iterator[MaterializeResult[None] | AssetCheckResult]:
         """Accepted, de-duplicated events of the day(s), timestamps in UTC.
 
         All input files are validated on every run (so duplicates are found across files and

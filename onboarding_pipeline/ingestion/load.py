@@ -318,6 +318,8 @@ def ingest_events(
         ignore_index=True,
     )
     report = _count(outcomes, files, "events")
+    if isinstance(source, FileSource) and source.unread_files():
+        report.warnings.append(unread_files_warning(source.unread_files()))
     collapsed = repeat_counts[(repeat_counts.outcome == "duplicate") & repeat_counts.id_derived]
     report.identical_rows_collapsed = int(collapsed.rows.sum())
 
@@ -406,6 +408,14 @@ def _removed_file_writes(
         TableWrite(RAW_EVENTS.name, None, where_in("source", sorted(removed))),
         TableWrite(RAW_EVENTS.name, restored, delete=False),
     ]
+
+
+def unread_files_warning(names: list[str]) -> str:
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return (
+        f"not read: {shown} (only users.csv|parquet|jsonl and events files ending in .csv, "
+        ".parquet or .jsonl are read; decompress or convert the others)"
+    )
 
 
 def _earliest(config: ProductConfig) -> datetime:

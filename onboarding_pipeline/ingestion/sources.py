@@ -54,8 +54,7 @@ class FileSource(SourceResource):
     def users_files(self) -> list[Path]:
         """The users file(s); none (signups then come from first events) only when there are
         events files to derive them from."""
-        found = [self.root / f"users{suffix}" for suffix in SUPPORTED_SUFFIXES]
-        found = [path for path in found if path.is_file()]
+        found = self._users_present()
         if not found and not self._events_candidates():
             raise InputError(
                 f"{self.root}: no users file (expected users.csv, users.parquet or users.jsonl) "
@@ -64,12 +63,29 @@ class FileSource(SourceResource):
             )
         return found
 
+    def _users_present(self) -> list[Path]:
+        found = [self.root / f"users{suffix}" for suffix in SUPPORTED_SUFFIXES]
+        return [path for path in found if path.is_file()]
+
     def _events_candidates(self) -> list[Path]:
-        candidates = [*self.root.glob("events*"), *(self.root / "events").glob("**/*")]
         return sorted(
-            path
-            for path in candidates
-            if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES
+            path for path in self._events_like() if path.suffix.lower() in SUPPORTED_SUFFIXES
+        )
+
+    def _events_like(self) -> list[Path]:
+        candidates = [*self.root.glob("events*"), *(self.root / "events").glob("**/*")]
+        return [path for path in candidates if path.is_file()]
+
+    def unread_files(self) -> list[str]:
+        """Files that look like input but are not read (a compressed export, `.json`, `.tsv`,
+        `users_2024.csv`): named in a warning so their rows are not missed in silence.
+        Hidden files (`.DS_Store`, editor swap files) are not input."""
+        read = {*self._users_present(), *self._events_candidates()}
+        looks_like = [p for p in self.root.glob("users*") if p.is_file()] + self._events_like()
+        return sorted(
+            str(path.relative_to(self.root))
+            for path in looks_like
+            if path not in read and not path.name.startswith(".")
         )
 
     def events_files(self) -> list[Path]:

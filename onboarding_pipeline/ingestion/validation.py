@@ -40,6 +40,8 @@ EVENT_REASONS = (
 ANONYMOUS_REASON = "missing_user_id"
 
 _ROW_KEY = ("source", "row_number")
+# What a derived event_id always hashes (other columns count where they hold a value).
+_HASHED = ("user_id", "event_name", "timestamp", "properties")
 _SEPARATOR = "\x1f"  # unit separator: cannot collide with text in a content hash
 # A number at least this large is milliseconds (`timestamp_format: auto`): 1e11 seconds is
 # the year 5138, 1e11 milliseconds is 1973-03-03, so every plausible instant reads one way.
@@ -139,6 +141,33 @@ def with_parsed_timestamp(
 
 def content_hash(*values: ir.StringValue) -> ir.StringValue:
     return md5(ibis.literal(_SEPARATOR).join([v.fill_null("") for v in values]))
+
+
+def event_content_hash(
+    user_id: ir.StringValue,
+    event_name: ir.StringValue,
+    instant: ir.StringValue,
+    properties: ir.StringValue,
+    others: dict[str, ir.StringValue],
+) -> ir.StringValue:
+    """The derived event_id: an md5 of user, event, instant and properties, plus every other
+    value of the row (as `name=value`), so rows that differ only in, say, a `lesson` column
+    are two events, not one. A column without a value adds nothing: a row's id does not change
+    when another file brings a new column, and rows without other values keep the id they had
+    before other columns counted."""
+    base = ibis.literal(_SEPARATOR).join(
+        [value.fill_null("") for value in (user_id, event_name, instant, properties)]
+    )
+    if not others:
+        return md5(base)
+    # concat_ws skips nulls: the named values present, or "" when there are none.
+    named = ibis.literal(_SEPARATOR).join(
+        [
+            ibis.ifelse(value.isnull(), ibis.null("string"), f"{name}=" + value)
+            for name, value in others.items()
+        ]
+    )
+    return md5(base + ibis.ifelse(named == "", "", ibis.literal(_SEPARATOR) + named))
 
 
 def properties_are_an_object(staged: ir.Table) -> ir.BooleanValue:
@@ -254,8 +283,8 @@ def classify_events(
     `staged` carries `_signup_at`, the user's signup (null for an unknown user).
     Blank input values arrive as nulls (the readers see to it), so this runs no string
     trimming over millions of rows. A missing event_id becomes a content hash of user, event,
-    instant and properties (`id_derived` says so), so re-reading a file gives the same ids
-    and exact duplicates collapse to one row.
+    instant, properties and the row's other values (`event_content_hash`; `id_derived` says
+    so), so re-reading a file gives the same ids and exact duplicates collapse to one row.
     """
     staged = with_parsed_timestamp(staged, "timestamp", timestamp_format, earliest)
     rows = staged.mutate(
@@ -295,8 +324,15 @@ def classify_events(
     valid = rows.reason.isnull()
     derive = valid & rows.event_id.isnull()
     # Hash only valid rows without an id (CASE evaluates its branch for those rows alone).
-    derived_id = content_hash(
-        rows.user_id, rows.event_name, rows.timestamp.cast("string"), rows.properties
+    others = {
+        name: rows[name]
+        for name in staged.columns
+        if name not in {*_HASHED, "event_id", *_ROW_KEY}
+        and not name.startswith("_")
+        and not name.endswith((PARSED_SUFFIX, STATUS_SUFFIX))
+    }
+    derived_id = event_content_hash(
+        rows.user_id, rows.event_name, rows.timestamp.cast("string"), rows.properties, others
     )
     rows = rows.mutate(
         event_id=ibis.ifelse(derive, derived_id, rows.event_id),

@@ -1,4 +1,5 @@
-"""Sensors: new or changed landing files start a refresh; a failed run is posted to Slack."""
+"""Sensors: new, changed or removed landing files start a refresh; a failed run is posted to
+Slack."""
 
 from __future__ import annotations
 
@@ -39,17 +40,28 @@ SETTLE_SECONDS = 30
 FileStates = dict[str, list[int]]
 
 
-def landing_file_states(source: FileSource, now: float, settle_seconds: float) -> FileStates:
-    """The users and events files of the data directory that have stopped changing."""
-    states: FileStates = {}
+@dataclass(frozen=True)
+class LandingFiles:
+    """The users and events files of the data directory: those that have stopped changing
+    (with their state) and the names of every file present, settled or not."""
+
+    settled: FileStates
+    present: frozenset[str]
+
+
+def landing_files(source: FileSource, now: float, settle_seconds: float) -> LandingFiles:
+    settled: FileStates = {}
+    present: set[str] = set()
     for path in [*source.users_files(), *source.events_files()]:
         try:
             stat = path.stat()
         except FileNotFoundError:  # moved away since the listing
             continue
+        name = str(path.relative_to(source.root))
+        present.add(name)
         if now - stat.st_mtime >= settle_seconds:
-            states[str(path.relative_to(source.root))] = [stat.st_mtime_ns, stat.st_size]
-    return states
+            settled[name] = [stat.st_mtime_ns, stat.st_size]
+    return LandingFiles(settled, frozenset(present))
 
 
 def changed_files(previous: FileStates, current: FileStates) -> FileStates:
@@ -57,10 +69,20 @@ def changed_files(previous: FileStates, current: FileStates) -> FileStates:
     return {name: state for name, state in current.items() if previous.get(name) != state}
 
 
-def run_key_for(changed: FileStates) -> str:
-    """The same file versions always give the same key, so Dagster never launches them twice
-    (even if the cursor is lost)."""
-    digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:24]
+def removed_files(previous: FileStates, present: frozenset[str]) -> FileStates:
+    """Files of the cursor that are gone from the directory, with the state they had (a file
+    still being copied is present, not removed)."""
+    return {name: state for name, state in previous.items() if name not in present}
+
+
+def run_key_for(changed: FileStates, removed: FileStates | None = None) -> str:
+    """The same file versions (and removals of the same versions) always give the same key,
+    so Dagster never launches them twice (even if the cursor is lost)."""
+    versions: dict[str, object] = dict(changed)
+    # A removal is keyed by the version that went, so removing a file put back later (a new
+    # version) runs again.
+    versions |= {f"removed:{name}": state for name, state in (removed or {}).items()}
+    digest = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:24]
     return f"landing-{digest}"
 
 
@@ -75,9 +97,10 @@ def build_landing_files_sensor(
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING,
         description=(
-            "Starts a refresh over every daily partition when a users or events file in the data "
-            "directory is new or has changed (modification time or size). The cursor holds each "
-            "file's state; the run key is a hash of the changed file states."
+            "Starts a refresh over every partition when a users or events file in the data "
+            "directory is new, has changed (modification time or size) or was removed (its rows "
+            "are then deleted). The cursor holds each file's state; the run key is a hash of "
+            "the changed and removed file states."
         ),
     )
     def landing_files_sensor(
@@ -89,14 +112,24 @@ def build_landing_files_sensor(
                 f"the source is a {type(source).__name__}: the daily refresh syncs it"
             )
         try:
-            current = landing_file_states(source, time.time(), settle_seconds)
+            files = landing_files(source, time.time(), settle_seconds)
         except InputError as error:
+            # No users or no events file at all (e.g. an unmounted volume): no run, so nothing
+            # is deleted, and the cursor stays for when the files are back.
             return SkipReason(f"nothing to ingest yet: {error}")
         previous: FileStates = json.loads(context.cursor) if context.cursor else {}
-        changed = changed_files(previous, current)
-        # Removed files are forgotten, not re-ingested: their rows stay until the next refresh.
+        changed = changed_files(previous, files.settled)
+        # A removed file starts a refresh too: ingestion deletes its rows from raw_events
+        # (every date), and everything downstream is rebuilt without them.
+        removed = removed_files(previous, files.present)
+        # Files still being copied keep their previous state until they settle.
+        current = {
+            name: state
+            for name, state in previous.items()
+            if name in files.present and name not in files.settled
+        } | files.settled
         cursor = json.dumps(current, sort_keys=True)
-        if not changed:
+        if not changed and not removed:
             return SensorResult(skip_reason=SkipReason("no new or changed files"), cursor=cursor)
         keys = partitions.get_partition_keys()
         if not keys:
@@ -109,15 +142,15 @@ def build_landing_files_sensor(
         # The full range, not the changed file's days: ingestion re-reads every file on each
         # run anyway (event ids make that harmless), a new users file can accept events on any
         # day, and a range is one single-run backfill, so the cost is the same read.
-        request = RunRequest(
-            run_key=run_key_for(changed),
-            tags={
-                RANGE_START_TAG: keys[0],
-                RANGE_END_TAG: keys[-1],
-                "onboarding/trigger": "landing_files",
-                "onboarding/changed_files": ", ".join(sorted(changed))[:200],
-            },
-        )
+        tags = {
+            RANGE_START_TAG: keys[0],
+            RANGE_END_TAG: keys[-1],
+            "onboarding/trigger": "landing_files",
+            "onboarding/changed_files": ", ".join(sorted(changed))[:200],
+        }
+        if removed:
+            tags["onboarding/removed_files"] = ", ".join(sorted(removed))[:200]
+        request = RunRequest(run_key=run_key_for(changed, removed), tags=tags)
         return SensorResult(run_requests=[request], cursor=cursor)
 
     return landing_files_sensor

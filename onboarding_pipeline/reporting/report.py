@@ -55,6 +55,7 @@ class ReportData:
     funnel: list[dict[str, Any]] | None = None
     worst_drop: dict[str, Any] | None = None
     critical_path: dict[str, list[dict[str, Any]]] | None = None
+    critical_path_landmark_hours: int | None = None
     model: dict[str, Any] | None = None
     base_rate: list[dict[str, Any]] | None = None
     drift: dict[str, Any] | None = None
@@ -200,6 +201,7 @@ def gather_report(
 
     paths = read_critical_path(warehouse, tables, config.observation_hours)
     data.critical_path = _critical_path(paths, settings.top_events)
+    data.critical_path_landmark_hours = config.observation_hours
     if data.critical_path is None:
         missing["critical_path"] = (
             "no events have been judged yet (no closed-window users who had not activated by "
