@@ -6,7 +6,7 @@ at every age, and a critical path that tells drivers from prerequisites, vanity 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -555,3 +555,12 @@ def test_an_event_done_by_everyone_has_no_odds_ratio() -> None:
     assert (row["users_with_event"], row["users_without_event"]) == (5, 0)
     assert np.isnan(row["odds_ratio"]) and np.isnan(row["ci_low"]) and np.isnan(row["lift"])
     assert row["activation_rate_with"] == pytest.approx(0.4)
+
+
+def test_gate_refuses_a_model_that_cannot_be_told_from_chance(model: ActivationModel) -> None:
+    shaky = replace(model, metrics={**model.metrics, "roc_auc": 0.65, "roc_auc_ci": [0.49, 0.8]})
+    accepted, verdict = judge(shaky, None, CONFIG.model)
+    assert not accepted
+    [reason] = verdict["reasons"]
+    assert "cannot be told from chance" in reason and "`model.validation_fraction`" in reason
+    assert judge(model, None, CONFIG.model)[0]

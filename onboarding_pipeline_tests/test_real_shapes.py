@@ -186,7 +186,9 @@ def test_a_refused_model_says_what_would_unlock_it(shape_run: ShapeRun) -> None:
         unlock = shape_run.line("model sections:")
         assert "Not enough data yet" in unlock
         # Names the setting that governs it (min_training_users or the quality gate).
-        assert re.search(r"`?model\.(min_training_users|min_roc_auc|max_auc_drop)", unlock), unlock
+        assert re.search(
+            r"`?model\.(min_training_users|min_roc_auc|max_auc_drop|validation_fraction)", unlock
+        ), unlock
         assert "Not enough data yet" in model_section
         if shape_run.name == "segment_shop":
             assert re.search(

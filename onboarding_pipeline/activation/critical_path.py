@@ -43,7 +43,12 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 from threadpoolctl import threadpool_limits
 
-from onboarding_pipeline.activation.landmarks import Buckets, activated_by, landmark_population
+from onboarding_pipeline.activation.landmarks import (
+    Buckets,
+    DailyCounts,
+    activated_by,
+    landmark_population,
+)
 from onboarding_pipeline.config.product import CriticalPathRules
 from onboarding_pipeline.warehouse.tables import CRITICAL_PATH, LANDMARK_POPULATIONS
 
@@ -69,19 +74,15 @@ class Population:
     users: pd.DataFrame  # outcome rows (segments, signup_at, label)
     behaviour: pd.DataFrame  # Buckets.at(...) rows aligned with `users`
     positions: np.ndarray  # user positions in the Buckets
-    by_day: dict[int, pd.DataFrame] | None = None  # behaviour by the end of day d (lazy)
+    daily: DailyCounts | None = None  # counts by the end of each day (lazy)
     covariates: pd.DataFrame | None = None  # engagement and segments (built once)
 
-    def counts_by_day(self, buckets: Buckets, day: int, event: str) -> np.ndarray:
-        """How often each user did `event` by the end of day `day` of their life."""
-        if day * 24 >= self.landmark_hours:
-            return self.behaviour[f"n_{event}"].to_numpy()
-        if self.by_day is None:
-            self.by_day = {}
-        if day not in self.by_day:
-            ages = np.full(len(self.positions), day * 24.0)
-            self.by_day[day] = buckets.at(self.positions, ages)
-        return self.by_day[day][f"n_{event}"].to_numpy()
+    def counts_by_day(self, buckets: Buckets, event: str) -> np.ndarray:
+        """(users x days): how often each user did `event` by the end of each day of their
+        life before the landmark."""
+        if self.daily is None:
+            self.daily = buckets.daily_counts(self.positions, self.landmark_hours // 24)
+        return self.daily.by_day(buckets.events.index(event))
 
 
 # One BLAS thread: the regressions are small, and threads fighting over two cores made them
@@ -345,7 +346,8 @@ def find_aliases(did: np.ndarray, events: list[str], min_jaccard: float) -> dict
     hour resolution it looks just like a funnel step that most users do in the same hour as
     the step before it, and merging those would be wrong far more often."""
     counts = did.sum(axis=0)
-    both = did.T.astype(np.int64) @ did.astype(np.int64)
+    as_float = did.astype(np.float32)  # a BLAS product (exact: counts stay far below 2**24)
+    both = np.rint(as_float.T @ as_float).astype(np.int64)
     either = counts[:, None] + counts[None, :] - both
     with np.errstate(invalid="ignore", divide="ignore"):
         jaccard = np.where(either > 0, both / either, 0.0)
@@ -583,8 +585,9 @@ def _threshold(
     y = activated[keep]
     best: dict[str, Any] = {}
     best_phi = 0.0
+    by_day = population.counts_by_day(buckets, event)[keep]
     for day in range(1, days + 1):
-        counts = population.counts_by_day(buckets, day, event)[keep]
+        counts = by_day[:, day - 1]
         for times in THRESHOLD_TIMES:
             chosen = counts >= times
             if chosen.sum() < rules.min_users or (~chosen).sum() < rules.min_users:

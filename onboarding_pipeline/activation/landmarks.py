@@ -164,6 +164,24 @@ class Buckets:
         out["hours_idle"] = np.where(last >= 0, ages - (last + 1), ages).clip(min=0)
         return pd.DataFrame(out)
 
+    def daily_counts(self, rows: np.ndarray, days: int) -> DailyCounts:
+        """Per event, how often user `rows[i]` (each at most once) did it by the end of each of
+        their first `days` days: what "at least n times within d days" rules are read from."""
+        rows = np.asarray(rows, dtype=np.int64)
+        row_of_user = np.full(len(self.user_ids), -1, dtype=np.int64)
+        row_of_user[rows] = np.arange(len(rows))
+        target = row_of_user[self.user]
+        keep = (target >= 0) & (self.event >= 0) & (self.hour < days * 24)
+        order = np.argsort(self.event[keep], kind="stable")
+        return DailyCounts(
+            len(rows),
+            days,
+            target[keep][order],
+            self.event[keep][order],
+            (self.hour[keep] // 24)[order],
+            self.n[keep][order],
+        )
+
     def _sessions_before(
         self, rows: np.ndarray, ages: np.ndarray, row_of_user: np.ndarray
     ) -> np.ndarray:
@@ -171,6 +189,25 @@ class Buckets:
         keep = target >= 0
         keep[keep] = self.session_hour[keep] < ages[target[keep]]
         return np.bincount(target[keep], weights=self.session_n[keep], minlength=len(rows))
+
+
+@dataclass
+class DailyCounts:
+    """Event buckets of some users below a number of days, grouped by event."""
+
+    users: int
+    days: int
+    row: np.ndarray
+    event: np.ndarray  # sorted
+    day: np.ndarray
+    n: np.ndarray
+
+    def by_day(self, event: int) -> np.ndarray:
+        """(users x days): times each user did `event` by the end of day 1, 2, ..."""
+        start, stop = np.searchsorted(self.event, [event, event + 1])
+        counts = np.zeros((self.users, self.days), dtype=np.int64)
+        np.add.at(counts, (self.row[start:stop], self.day[start:stop]), self.n[start:stop])
+        return np.cumsum(counts, axis=1)
 
 
 def _ints(column: pa.ChunkedArray) -> np.ndarray:

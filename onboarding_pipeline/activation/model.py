@@ -577,7 +577,7 @@ def judge(
         reasons.append(
             f"ROC AUC {auc:.3f} cannot be told from chance: its 95% interval reaches "
             f"{low:.3f} on {users} validation users ({positives} activated); wait for more "
-            "closed windows (or raise model.validation_fraction)"
+            "closed windows (or raise `model.validation_fraction`)"
         )
     miscalibrated = candidate.metrics.get("age_bands_miscalibrated", [])
     if miscalibrated:
