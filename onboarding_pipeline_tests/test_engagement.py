@@ -485,15 +485,19 @@ def test_without_paths_the_funnel_is_the_default_path() -> None:
 
 
 @pytest.fixture(scope="module")
-def sample_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The whole pipeline on the bundled sample, as `onboarding-pipeline run` does it."""
-    from onboarding_pipeline.runner import run_pipeline
+def sample_run(sample_pipeline_run, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A writable copy of the session's run of the whole pipeline on the bundled sample (as
+    `onboarding-pipeline run` does it): these tests rerun assets on it, the shared run stays
+    as it was."""
+    import shutil
+
     from onboarding_pipeline_tests.test_definitions import sample_settings
 
-    settings = sample_settings(tmp_path_factory.mktemp("engagement_run"))
-    summary = run_pipeline(settings, echo=lambda _: None)
+    copy = tmp_path_factory.mktemp("engagement_run")
+    shutil.copytree(sample_pipeline_run.settings.output_dir, copy, dirs_exist_ok=True)
+    settings = sample_settings(copy)
     warehouse = WarehouseResource(url=settings.warehouse_url)
-    yield settings, summary, warehouse
+    yield settings, sample_pipeline_run.summary, warehouse
     warehouse.close()
 
 
