@@ -117,6 +117,9 @@ def test_unknown_smtp_security_fails_at_load_naming_the_variable(
             r"report\.recipients: .*\[1\] 'A@example.com' is listed twice",
         ),
         ('title: "Weekly\\nBcc: all@evil.example"', r"report\.title: .*must be one line"),
+        # Python's email policy breaks a header at U+2028 and NEL too.
+        ('title: "Weekly\\u2028Bcc: all@evil.example"', r"report\.title: .*must be one line"),
+        ('title: "Weekly\\x85Bcc: all@evil.example"', r"report\.title: .*must be one line"),
         ('title: ""', r"report\.title: .*at least 1 character"),
     ],
 )

@@ -639,3 +639,38 @@ def test_a_warehouse_from_before_the_detail_column_gets_it(
         assert outcome.quarantine.detail.item().startswith("not ISO-8601 text")
     finally:
         warehouse.close()
+
+
+NUL_EVENTS = (
+    HEADER + b"u1,a,2026-01-02T00:00:00Z\nu1,pro\x00file,2026-01-02T00:00:00Z\nu2,b,2026-01-03\n"
+)
+
+
+def assert_nul_row_quarantined(outcome: Outcome) -> None:
+    assert outcome.reason_at("events.csv", 2) == ("malformed_row", "event_name")
+    bad = outcome.quarantine[outcome.quarantine.row_number == 2].iloc[0]
+    assert "\x00" not in bad.raw and "pro\\x00file" in bad.raw  # kept, visibly
+    assert "NUL byte" in bad.detail
+    assert outcome.landed() == ["a", "b"]
+
+
+def test_a_nul_byte_quarantines_its_row_naming_the_field(
+    warehouse: WarehouseResource, tmp_path: Path, config: ProductConfig
+) -> None:
+    assert_nul_row_quarantined(run(warehouse, tmp_path, {"events.csv": NUL_EVENTS}, config))
+
+
+@pytest.mark.postgres
+def test_a_nul_byte_does_not_block_a_postgres_load(tmp_path: Path, config: ProductConfig) -> None:
+    """PostgreSQL cannot store NUL in text: one such row used to fail the whole load there."""
+    import uuid
+
+    from onboarding_pipeline_tests.conftest import POSTGRES_URL
+
+    schema = f"onboarding_nul_{uuid.uuid4().hex[:8]}"
+    postgres = WarehouseResource(url=POSTGRES_URL, schema_name=schema)
+    try:
+        assert_nul_row_quarantined(run(postgres, tmp_path, {"events.csv": NUL_EVENTS}, config))
+    finally:
+        postgres.connect().drop_database(schema, force=True, cascade=True)
+        postgres.close()

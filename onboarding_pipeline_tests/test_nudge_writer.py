@@ -718,3 +718,17 @@ def test_nudges_asset_survives_garbage_and_reports_tokens_and_cost(
     assert "estimate" in metadata["cost_basis"].value
     assert metadata["by_source"].value == {"template": 3, "llm": 1}
     warehouse.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Connect your data at \uff45\uff56\uff49\uff4c\uff0e\uff43\uff4f\uff4d today.",  # full-width letters and dot
+        "Connect your data at evil\u3002com today.",  # ideographic full stop
+        "Reply with your pass\u200bword to finish setup.",  # a zero-width space inside
+        "Finish setup \u202etoday\u202c.",  # a bidi override
+        "\u8fde" * 1000,  # no spaces: one "word", far too long
+    ],
+)
+def test_look_alike_and_invisible_characters_do_not_slip_past_the_guard(text: str) -> None:
+    assert check_message(text, max_words=80, prompt="", allowed_domains=("allowed.example",))

@@ -237,8 +237,9 @@ class ReportSettings(_Strict):
     @classmethod
     def _one_line(cls, value: str | None) -> str | None:
         # The title becomes the email subject: a line break would start a new header.
-        if value is not None and any(char in value for char in "\r\n\x00"):
-            raise ValueError(f"{value!r} must be one line (no CR, LF or NUL)")
+        # Python's email policy breaks lines at U+2028, VT, NEL, ... too: splitlines() knows them.
+        if value is not None and (len(value.splitlines()) > 1 or "\x00" in value):
+            raise ValueError(f"{value!r} must be one line (no line break of any kind, no NUL)")
         return value
 
     @field_validator("timezone")

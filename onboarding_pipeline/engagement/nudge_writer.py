@@ -401,6 +401,10 @@ def sensitive_request(text: str, next_step: str = "") -> str | None:
     return None
 
 
+# A word of a nudge is at most this many characters on average (bounds text without spaces).
+MAX_CHARACTERS_PER_WORD = 12
+
+
 def check_message(
     text: str,
     max_words: int,
@@ -409,11 +413,21 @@ def check_message(
     allowed_domains: Sequence[str] = (),
     next_step: str = "",
 ) -> str | None:
-    """Why `text` must not be sent, or None when it is fit to use."""
+    """Why `text` must not be sent, or None when it is fit to use.
+
+    The rules read the NFKC form (full-width letters and look-alike dots folded to ASCII), and
+    invisible format characters (zero-width spaces, bidi overrides) are refused outright: both
+    are ways to write a link or the word "password" that a pattern would not see."""
     if not text.strip():
         return "empty message"
+    if any(unicodedata.category(char) == "Cf" for char in text):
+        return "contains invisible format characters (zero-width or bidirectional controls)"
+    text = unicodedata.normalize("NFKC", text).replace("\u3002", ".")
     if len(text.split()) > max_words:
         return f"over the word limit ({len(text.split())} > {max_words} words)"
+    if len(text) > max_words * MAX_CHARACTERS_PER_WORD:
+        # Scripts without spaces (CJK) are one "word" to split(): bound the characters too.
+        return f"over the length limit ({len(text)} > {max_words * MAX_CHARACTERS_PER_WORD} characters)"
     if PLACEHOLDER.search(text) or "{{" in text or "}}" in text:
         return "contains a placeholder or bracketed text"
     link = unallowed_link(text, allowed_domains)

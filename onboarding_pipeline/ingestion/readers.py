@@ -156,15 +156,53 @@ def read_file(
         pa.array(np.zeros(table.num_rows, dtype=np.int32)), pa.array([source])
     )
     table = table.append_column("source", sources).append_column("row_number", read.row_numbers)
+    table, with_nul = _without_nul_bytes(table, source)
     return StagedFile(
         source,
         table,
-        read.malformed,
+        [*read.malformed, *with_nul],
         size_bytes=stat.st_size,
         modified_ns=stat.st_mtime_ns,
         blank_records=read.blank_records,
         warnings=read.warnings,
     )
+
+
+def _without_nul_bytes(table: pa.Table, source: str) -> tuple[pa.Table, list[MalformedRow]]:
+    """Rows with a NUL byte in a text field, as `malformed_row` naming the field: PostgreSQL
+    cannot store one in text (one such row would fail the whole load there) and no real
+    export means it."""
+    texts = [
+        name
+        for name in table.column_names
+        if name not in ("source", "row_number")
+        and pa.types.is_string(table.schema.field(name).type)
+    ]
+    masks = {name: pc.fill_null(pc.match_substring(table[name], "\x00"), False) for name in texts}
+    if not masks or not any(pc.any(mask).as_py() for mask in masks.values()):
+        return table, []
+    bad = np.zeros(table.num_rows, dtype=bool)
+    first_field: dict[int, str] = {}
+    for name, mask in masks.items():
+        hits = np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+        for position in np.flatnonzero(hits & ~bad):
+            first_field[int(position)] = name
+        bad |= hits
+    rows = table.filter(pa.array(bad)).to_pylist()
+    malformed = []
+    for row_index, row in zip(sorted(first_field), rows, strict=True):
+        name = first_field[row_index]
+        values = [str(row[n]) for n in texts if row[n] is not None]
+        malformed.append(
+            MalformedRow(
+                source,
+                row["row_number"],
+                _clip(",".join(values).replace("\x00", "\\x00")),
+                field=name,
+                detail=f"a NUL byte (0x00) in {name}",
+            )
+        )
+    return table.filter(pa.array(~bad)), malformed
 
 
 def _refuse_ambiguous_columns(
