@@ -77,12 +77,12 @@ class Population:
     daily: DailyCounts | None = None  # counts by the end of each day (lazy)
     covariates: pd.DataFrame | None = None  # engagement and segments (built once)
 
-    def counts_by_day(self, buckets: Buckets, event: str) -> np.ndarray:
-        """(users x days): how often each user did `event` by the end of each day of their
-        life before the landmark."""
+    def counts_by_day(self, buckets: Buckets, event: int) -> np.ndarray:
+        """(users x days): how often each user did event `event` (its position in
+        `buckets.events`) by the end of each day of their life before the landmark."""
         if self.daily is None:
             self.daily = buckets.daily_counts(self.positions, self.landmark_hours // 24)
-        return self.daily.by_day(buckets.events.index(event))
+        return self.daily.by_day(event)
 
 
 # One BLAS thread: the regressions are small, and threads fighting over two cores made them
@@ -581,11 +581,10 @@ def _threshold(
     days = population.landmark_hours // 24
     if days < 1 or not row["ci_low"] > 1:
         return {}
-    event = buckets.events[position]
     y = activated[keep]
     best: dict[str, Any] = {}
     best_phi = 0.0
-    by_day = population.counts_by_day(buckets, event)[keep]
+    by_day = population.counts_by_day(buckets, position)[keep]
     for day in range(1, days + 1):
         counts = by_day[:, day - 1]
         for times in THRESHOLD_TIMES:

@@ -262,12 +262,8 @@ def train_activation_model(
     probabilities = cross_fitted(booster, x_valid, y_valid, valid.user_id, method, seed)
     # Ranking quality is the booster's own (recalibration is monotone).
     metrics = quality_metrics(y_valid[at_landmark], ranking[at_landmark], seed)
-    calibrated = quality_metrics(y_valid[at_landmark], probabilities[at_landmark], seed)
-    metrics.update(
-        brier=calibrated["brier"],
-        calibration_curve=calibrated["calibration_curve"],
-        brier_before_recalibration=metrics["brier"],
-    )
+    metrics["brier_before_recalibration"] = metrics["brier"]
+    metrics.update(calibration_metrics(y_valid[at_landmark], probabilities[at_landmark]))
     bands = reliability_by_age(valid, probabilities, age_bands)
     version = model_version(x_fit, y_fit)
     metrics.update(
@@ -408,13 +404,20 @@ def quality_metrics(y: np.ndarray, probabilities: np.ndarray, seed: int = 0) -> 
             aucs.append(roc_auc_score(y[pick], probabilities[pick]))
     if not aucs:  # every resample had one outcome only (a tiny validation cohort)
         aucs = [float(roc_auc_score(y, probabilities))]
-    observed, predicted = calibration_curve(y, probabilities, n_bins=10, strategy="quantile")
     return {
         "roc_auc": float(roc_auc_score(y, probabilities)),
         "roc_auc_ci": [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))],
         "pr_auc": float(average_precision_score(y, probabilities)),
-        "brier": float(brier_score_loss(y, probabilities)),
         "validation_base_rate": float(y.mean()),
+        **calibration_metrics(y, probabilities),
+    }
+
+
+def calibration_metrics(y: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """Brier score and the calibration curve (deciles of the prediction)."""
+    observed, predicted = calibration_curve(y, probabilities, n_bins=10, strategy="quantile")
+    return {
+        "brier": float(brier_score_loss(y, probabilities)),
         "calibration_curve": {
             "predicted": [round(float(v), 4) for v in predicted],
             "observed": [round(float(v), 4) for v in observed],

@@ -151,6 +151,12 @@ def idempotency_key(row: dict[str, Any] | None, fresh: Callable[[int], str]) -> 
     return str(row.get("idempotency_key") or fresh(0))
 
 
+def report_key(week: str, channel: str, target: str, generation: int) -> str:
+    """The idempotency key of a week's report on a channel (a forced resend adds its
+    generation)."""
+    return f"onboarding-report:{week}:{channel}:{target}" + (f":{generation}" if generation else "")
+
+
 def _attempts(row: dict[str, Any] | None) -> int:
     return int((row or {}).get("attempts") or 0) + 1
 
@@ -432,11 +438,7 @@ def deliver_slack(
                 result.recovered.append(name)
         if posted is None:
             key = idempotency_key(
-                row,
-                lambda generation: (
-                    f"onboarding-report:{data.week}:slack:{channel}"
-                    + (f":{generation}" if generation else "")
-                ),
+                row, lambda generation: report_key(data.week, "slack", channel, generation)
             )
             ledger.intend("slack", channel, key, attempts)
             step = "post"
@@ -523,11 +525,7 @@ def deliver_notion(
                 result.recovered.append(name)
         if page_id is None:
             key = idempotency_key(
-                row,
-                lambda generation: (
-                    f"onboarding-report:{data.week}:notion:{database_id}"
-                    + (f":{generation}" if generation else "")
-                ),
+                row, lambda generation: report_key(data.week, "notion", database_id, generation)
             )
             ledger.intend("notion", database_id, key, attempts)
             step = "create"
