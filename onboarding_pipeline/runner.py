@@ -292,6 +292,7 @@ def run_pipeline(
     failures: dict[str, str] = {}
     skipped: set[AssetKey] = set()
     report_week: str | None = None
+    warnings: list[str] = []
     try:
         for index, key in enumerate(keys, start=1):
             label = key.to_user_string()
@@ -326,8 +327,9 @@ def run_pipeline(
                 raise_on_error=False,
                 run_config=_QUIET_CONSOLE,
             )
+            warnings += [w for w in _warnings_of(result) if w not in warnings]
             if not result.success:
-                failures[label] = _failure_text(result)
+                failures[label] = failure_text(result)
                 skipped.add(key)
                 echo(f"      FAILED: {failures[label]}")
                 continue
@@ -340,8 +342,11 @@ def run_pipeline(
     if isinstance(source, FileSource):
         # Said in the summary too: a compressed export left unread is easy to miss otherwise.
         unread = source.unread_files()
-        if unread:
-            summary.notes.append(f"  warning: {unread_files_warning(unread)}")
+        if unread and unread_files_warning(unread) not in warnings:
+            warnings.append(unread_files_warning(unread))
+    # Skipped empty files, removed files whose rows were deleted, renamed headers, ...: said
+    # in the summary, not only in the assets' metadata.
+    summary.notes += [f"  warning: {warning}" for warning in warnings]
     if report_week:
         reported: str = report_week
         warehouse = WarehouseResource(url=settings.warehouse_url)
@@ -442,7 +447,17 @@ def _current_model(folder: Path) -> str:
     return f"{version}, ROC AUC {metrics['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f})"
 
 
-def _failure_text(result: object) -> str:
+def _warnings_of(result: object) -> list[str]:
+    """The warnings the run's assets put in their metadata (a markdown list)."""
+    found = []
+    for event in result.get_asset_materialization_events():  # type: ignore[attr-defined]
+        value = event.materialization.metadata.get("warnings")
+        if value is not None:
+            found += [line.removeprefix("- ") for line in str(value.value).splitlines() if line]
+    return found
+
+
+def failure_text(result: object) -> str:
     lines = []
     for event in result.all_events:  # type: ignore[attr-defined]
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
@@ -450,7 +465,9 @@ def _failure_text(result: object) -> str:
             # Dagster wraps the real exception; its cause names the file, row or setting.
             while error.cause is not None:
                 error = error.cause
-            lines.append(error.message.strip())
+            # A failed blocking check is said below, by the check itself.
+            if error.cls_name != "DagsterAssetCheckFailedError":
+                lines.append(error.message.strip())
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             if not evaluation.passed:

@@ -12,7 +12,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, Definitions
 
 from onboarding_pipeline.code_location import build_definitions
-from onboarding_pipeline.runner import RANGE_END_TAG, RANGE_START_TAG
+from onboarding_pipeline.runner import RANGE_END_TAG, RANGE_START_TAG, failure_text
 from onboarding_pipeline.settings import SAMPLE_DATA_DIR, Settings
 from onboarding_pipeline_tests.conftest import write
 from onboarding_pipeline_tests.test_ingestion import EVENTS, USERS
@@ -178,5 +178,12 @@ def test_blocking_quarantine_check_stops_downstream(tmp_path: Path, small_data: 
             if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
         ]
         assert failed == ["quarantine_share_under_threshold"]
+        # The run summary says it once, as the check's own words, not as Dagster's exception.
+        text = failure_text(result)
+        assert text.startswith("check quarantine_share_under_threshold failed:")
+        assert (
+            "DagsterAssetCheckFailedError" not in text
+            and "`ingestion.max_quarantine_share`" in text
+        )
         # Bad data must not flow on: sessions were not built from it.
         assert instance.get_latest_materialization_event(AssetKey("sessions")) is None

@@ -207,6 +207,24 @@ def test_an_unbalanced_quote_costs_one_record_and_reading_resumes(
     assert (rows["b"], rows["multi\nline"], rows["c"]) == (2, 3, 5)
 
 
+def test_a_bad_quote_closed_mid_field_on_a_later_line_swallows_nothing(
+    warehouse: WarehouseResource, tmp_path: Path, config: ProductConfig
+) -> None:
+    # Row 1's quote never closes; row 2 opens one of its own, so read together the two lines
+    # "close" mid-field into one broken record that would have swallowed row 2.
+    events = (
+        HEADER
+        + b'u1,"a,2026-01-02T00:00:00Z\n'
+        + b'u1,"b,2026-01-02T00:00:00Z\n'
+        + b"u1,c,2026-01-02T00:00:00Z\n"
+    )
+    outcome = run(warehouse, tmp_path, {"events.csv": events}, config)
+    assert outcome.reason_at("events.csv", 1) == ("malformed_row", None)
+    assert outcome.reason_at("events.csv", 2) == ("malformed_row", None)
+    assert outcome.quarantine.set_index("row_number").raw[2] == 'u1,"b,2026-01-02T00:00:00Z'
+    assert outcome.landed() == ["c"] and outcome.events.rows_read == 3
+
+
 def test_a_short_record_is_malformed_and_the_rest_lands(
     warehouse: WarehouseResource, tmp_path: Path, config: ProductConfig
 ) -> None:
@@ -674,3 +692,34 @@ def test_a_nul_byte_does_not_block_a_postgres_load(tmp_path: Path, config: Produ
     finally:
         postgres.connect().drop_database(schema, force=True, cascade=True)
         postgres.close()
+
+
+@pytest.mark.parametrize("users", [b"", b"user_id,signup_at\n"], ids=["0-byte", "header-only"])
+def test_an_empty_users_file_takes_signups_from_first_events(
+    warehouse: WarehouseResource, tmp_path: Path, config: ProductConfig, users: bytes
+) -> None:
+    events = HEADER + b"u1,a,2026-01-02T05:00:00Z\nu1,b,2026-01-03T00:00:00Z\nu2,a,2026-01-04\n"
+    outcome = run(warehouse, tmp_path, {"users.csv": users, "events.csv": events}, config)
+    assert outcome.users.signup_source == "first_event"
+    assert any("the users file holds no rows (users.csv)" in w for w in outcome.users.warnings)
+    signups = outcome.raw_users.set_index("user_id").signup_at
+    assert signups["u1"] == pd.Timestamp("2026-01-02T05:00:00Z")
+    assert outcome.landed() == ["a", "a", "b"] and outcome.events.quarantined == 0
+
+
+def test_events_of_quarantined_users_point_at_the_users_file(
+    warehouse: WarehouseResource, tmp_path: Path
+) -> None:
+    (tmp_path / "users.csv").write_bytes(b"user_id,signup_at\nu1,garbage\nu2,garbage\n")
+    (tmp_path / "events.csv").write_bytes(HEADER + b"u1,a,2026-01-02T00:00:00Z\nu2,a,2026-01-02\n")
+    config = "aha_events: [a]\npartitions_start_date: 2026-01-01\n"
+    check = checks_of(materialize_ingestion(warehouse, tmp_path, config, "2026-01-02"))[
+        "quarantine_share_under_threshold"
+    ]
+    assert not check.passed
+    description = check.description or ""
+    assert (
+        "Most are unknown_user" in description and "raw_users, which holds 0 users" in description
+    )
+    assert "2 users rows quarantined: unparseable_signup_at 2" in description
+    assert "WHERE kind = 'users'" in description

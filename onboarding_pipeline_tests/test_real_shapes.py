@@ -85,6 +85,9 @@ def shape_run(
     name: str = request.param
     root = tmp_path_factory.mktemp(name)
     shape = write_shape(name, root / "export")
+    if name == "segment_shop":
+        # A month's export still being copied: 0 bytes, skipped, and said in the summary.
+        (shape.data_dir / "events" / "2026-12.jsonl").write_bytes(b"")
     output_dir = root / "output"
     with pytest.MonkeyPatch.context() as patch:
         for variable in LEAKY_ENV:
@@ -123,6 +126,15 @@ def test_every_asset_runs_and_the_report_is_written(shape_run: ShapeRun) -> None
     assert html.is_file() and html.stat().st_size > 1000
     assert (html.parent / "report.md").is_file()
     assert "<h2>Funnel</h2>" in html.read_text()
+
+
+def test_skipped_files_are_warned_in_the_run_summary(shape_run: ShapeRun) -> None:
+    if shape_run.name != "segment_shop":
+        pytest.skip("the 0-byte file is in the shop's export")
+    assert shape_run.line("warning: events/2026-12.jsonl:") == (
+        "warning: events/2026-12.jsonl: empty file (0 bytes), skipped"
+    )
+    assert "no users file; each user's signup_at is their first valid event" in shape_run.output
 
 
 def test_every_row_read_is_accepted_a_duplicate_or_quarantined(shape_run: ShapeRun) -> None:

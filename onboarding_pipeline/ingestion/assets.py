@@ -25,6 +25,7 @@ from onboarding_pipeline.ingestion.quality import (
     event_bounds_violations,
     event_key_violations,
     user_key_violations,
+    users_table_state,
 )
 from onboarding_pipeline.ingestion.sources import SourceResource
 from onboarding_pipeline.ingestion.validation import ANONYMOUS_REASON
@@ -246,6 +247,7 @@ def build_raw_events(partitions: TimeWindowPartitionsDefinition) -> AssetsDefini
                 if reason != ANONYMOUS_REASON
             ),
             inspect=_inspect(warehouse, "events", f" AND reason <> '{ANONYMOUS_REASON}'"),
+            cause=_unknown_users_cause(warehouse, report),
         )
         yield _share_check(
             "anonymous_share_under_threshold",
@@ -261,6 +263,23 @@ def build_raw_events(partitions: TimeWindowPartitionsDefinition) -> AssetsDefini
     return raw_events
 
 
+def _unknown_users_cause(warehouse: WarehouseResource, report: IngestionReport) -> str:
+    """When most bad rows are `unknown_user`, the events are fine and the users are not: say
+    so, or the message would send people to the wrong setting."""
+    unknown = report.quarantined_by_reason.get("unknown_user", 0)
+    if not unknown or unknown * 2 < report.malformed:
+        return ""
+    users, rejected = users_table_state(warehouse)
+    reasons = ", ".join(f"{reason} {rows}" for reason, rows in sorted(rejected.items()))
+    return (
+        f"Most are unknown_user: their user_id is not in raw_users, which holds {users} users"
+        + (f" ({sum(rejected.values())} users rows quarantined: {reasons})" if rejected else "")
+        + ". Fix the users file (or remove it: signups then come from first events); "
+        + _inspect(warehouse, "users", "")
+        + ". "
+    )
+
+
 def _share_check(
     name: str,
     *,
@@ -271,6 +290,7 @@ def _share_check(
     what: str,
     top: str,
     inspect: str,
+    cause: str = "",
 ) -> AssetCheckResult:
     share = bad / total if total else 0.0
     passed = share <= limit
@@ -288,7 +308,7 @@ def _share_check(
         if passed
         else (
             f"{bad} of {total} {what} ({share:.1%}), over the {limit:.1%} limit set by "
-            f"`{setting}` in onboarding.yaml ({top}). Fix the input or raise the limit; "
-            f"{inspect}"
+            f"`{setting}` in onboarding.yaml ({top}). {cause}Fix the input or raise the "
+            f"limit; {inspect}"
         ),
     )

@@ -142,8 +142,11 @@ def ingest_users(
     future_limit = reference + timedelta(hours=rules.future_tolerance_hours)
     earliest = _earliest(config)
     files = source.read_users(config.column_mapping.users)
-    if not files and isinstance(source, FileSource) and not source.users_files():
-        return _users_from_events(warehouse, source, config, future_limit)
+    if isinstance(source, FileSource) and all(f.rows_read == 0 for f in files):
+        # No users file, or only empty ones (0 bytes, header only): every event would be
+        # `unknown_user`, so signups come from the events, said aloud.
+        empty = [f.source for f in files]
+        return _users_from_events(warehouse, source, config, future_limit, empty)
     users = _with_attributes(_combine(files, USER_COLUMNS))
     fmt = rules.format_of("users.signup_at")
     staged = warehouse.stage(
@@ -197,9 +200,11 @@ def _users_from_events(
     source: FileSource,
     config: ProductConfig,
     future_limit: datetime,
+    empty_users_files: list[str],
 ) -> IngestionReport:
-    """`raw_users` from the events when there is no users file: one row per user id with a
-    valid event, signup = that user's first valid event (its file and row as provenance)."""
+    """`raw_users` from the events when there is no users file (or only empty ones): one row
+    per user id with a valid event, signup = that user's first valid event (its file and row
+    as provenance)."""
     rules = config.ingestion
     fmt = rules.format_of("events.timestamp")
     earliest = _earliest(config)
@@ -235,10 +240,16 @@ def _users_from_events(
     count = int(warehouse.execute(derived.count()))
     report = IngestionReport(kind="users", rows_read=count, accepted=count, rows_written=count)
     report.signup_source = "first_event"
+    found = (
+        f"the users file holds no rows ({', '.join(empty_users_files)})"
+        if empty_users_files
+        else "no users file"
+    )
     report.warnings.append(
-        f"{source.root}: no users file; each user's signup_at is their first valid event "
+        f"{source.root}: {found}; each user's signup_at is their first valid event "
         f"({count} users from the events files)"
     )
+    report.skipped_files = list(empty_users_files)
     warehouse.write_together(
         [
             TableWrite(RAW_USERS.name, derived),

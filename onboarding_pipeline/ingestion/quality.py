@@ -13,7 +13,7 @@ from typing import Any
 import ibis
 
 from onboarding_pipeline.warehouse.resource import WarehouseResource
-from onboarding_pipeline.warehouse.tables import RAW_EVENTS, RAW_USERS
+from onboarding_pipeline.warehouse.tables import QUARANTINE, RAW_EVENTS, RAW_USERS
 
 
 def user_key_violations(warehouse: WarehouseResource) -> dict[str, int]:
@@ -86,3 +86,13 @@ def event_bounds_violations(
         )
     ).iloc[0]
     return _nonzero(found.items())
+
+
+def users_table_state(warehouse: WarehouseResource) -> tuple[int, dict[str, int]]:
+    """How many users `raw_users` holds, and its quarantined input rows by reason: what an
+    `unknown_user` share is really about."""
+    users = _as_count(warehouse.execute(warehouse.table(RAW_USERS.name).count()))
+    quarantine = warehouse.table(QUARANTINE.name)
+    users_rows = quarantine.filter(quarantine.kind == "users")
+    rejected = warehouse.execute(users_rows.group_by("reason").agg(rows=users_rows.count()))
+    return users, {row.reason: int(row.rows) for row in rejected.itertuples()}

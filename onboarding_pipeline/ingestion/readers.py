@@ -400,7 +400,7 @@ def _read_csv_resync(path: Path, source: str, names: list[str], header_lines: in
         if text is None:
             return False
         fields, state = _parse_record(text)
-        return state == "complete" and len(fields) == width
+        return state != "open" and len(fields) == width
 
     index = header_lines
     while index < len(lines):
@@ -423,14 +423,16 @@ def _read_csv_resync(path: Path, source: str, names: list[str], header_lines: in
                 fields, state = _parse_record("\n".join(block))
                 if state != "open":
                     break
-            if state == "open":
+            # A value spanning lines must close cleanly and give a whole record; a quote that
+            # closes mid-field on a later line (`"a\nb,"c`) means the first quote was bad.
+            if state != "complete" or len(fields) != width:
                 malformed.append(
                     MalformedRow(
                         source,
                         row_number,
                         _clip(text),
-                        detail="unbalanced quote: the quoted value does not close before the "
-                        "next complete record; reading resumed at the next line",
+                        detail="unbalanced quote: the quoted value does not close into a "
+                        "whole record before the next one; reading resumed at the next line",
                     )
                 )
                 index += 1
@@ -460,8 +462,9 @@ def _read_csv_resync(path: Path, source: str, names: list[str], header_lines: in
 
 
 def _parse_record(text: str) -> tuple[list[str], str]:
-    """The fields of one record's text and its state: `complete`, or `open` when a quoted
-    value is still open at the end (it continues on the next line, or the quote is bad)."""
+    """The fields of one record's text and its state: `complete`; `open` when a quoted value
+    is still open at the end (it continues on the next line, or the quote is bad); `lenient`
+    when stray characters follow a closing quote (read as pyarrow does)."""
     if '"' not in text:
         return text.split(","), "complete"
     try:
@@ -470,7 +473,7 @@ def _parse_record(text: str) -> tuple[list[str], str]:
         if "unexpected end of data" in str(error):
             return [], "open"
     # Stray characters after a closing quote: read leniently, as pyarrow does.
-    return next(csv.reader([text]), []), "complete"
+    return next(csv.reader([text]), []), "lenient"
 
 
 def _undecodable(source: str, row_number: int, line: bytes, names: list[str]) -> MalformedRow:
