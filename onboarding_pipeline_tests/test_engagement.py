@@ -3,7 +3,7 @@ measured effectiveness; on hand-made users and on the bundled sample with its pl
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,6 @@ from onboarding_pipeline.config.engagement import (
     SegmentRule,
 )
 from onboarding_pipeline.config.product import InviteEvents
-from onboarding_pipeline.engagement.effectiveness import compare_arms, first_assignments
 from onboarding_pipeline.engagement.health import (
     backtest,
     health_components,
@@ -370,54 +369,6 @@ def test_holdout_is_a_stable_share_of_eligible_users() -> None:
     other = in_holdout(ids, "exp-b", 0.10)
     assert 0.005 < (first & other).mean() < 0.02  # independent across experiments
     assert not in_holdout(ids, "exp-a", 0.0).any()
-
-
-def planted_assignments(lift: float, seed: int, users: int = 4000) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    holdout = rng.random(users) < 0.2
-    rate = np.where(holdout, 0.25, 0.25 + lift)
-    activated = rng.random(users) < rate
-    return pd.DataFrame(
-        {
-            "user_id": [f"u{i}" for i in range(users)],
-            "holdout": holdout,
-            "outcome": np.where(activated, "activated", "not_activated"),
-            "intervention_type": np.where(np.arange(users) % 2 == 0, "nudge", "urgent"),
-            "failure_label": "other",
-        }
-    )
-
-
-def test_effectiveness_detects_a_planted_lift_and_none_where_none_was_planted() -> None:
-    lifted = compare_arms(planted_assignments(0.08, seed=1)).set_index("segment")
-    overall = lifted.loc["all"]
-    assert overall.p_value < 0.001 and overall.ci_low > 0
-    assert overall.ci_low < 0.08 < overall.ci_high
-    flat = compare_arms(planted_assignments(0.0, seed=2)).set_index("segment").loc["all"]
-    assert flat.p_value > 0.05 and flat.ci_low < 0 < flat.ci_high
-    assert set(lifted.index) == {"all", "nudge", "urgent", "other"}
-
-
-def test_effectiveness_counts_each_user_once_in_their_first_arm() -> None:
-    ledger = pd.DataFrame(
-        {
-            "user_id": ["a", "a", "b", "c"],
-            "queued_on": [date(2026, 1, 1), date(2026, 1, 5), date(2026, 1, 1), date(2026, 1, 2)],
-            "queued_at": pd.to_datetime(
-                ["2026-01-01", "2026-01-05", "2026-01-01", "2026-01-02"], utc=True
-            ),
-            "holdout": [False, False, True, False],
-            "outcome": [None, "activated", "not_activated", None],
-            "intervention_type": ["nudge", "urgent", "nudge", "nudge"],
-            "failure_label": [None, None, None, None],
-        }
-    )
-    first = first_assignments(ledger).set_index("user_id")
-    assert (
-        first.loc["a", "intervention_type"] == "nudge" and first.loc["a", "outcome"] == "activated"
-    )
-    table = compare_arms(first.reset_index()).set_index("segment")
-    assert table.loc["all", "treated_users"] == 1 and table.loc["all", "holdout_users"] == 1
 
 
 def test_ledger_is_append_only_and_outcomes_are_filled_once(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -275,8 +275,14 @@ def hostile_report() -> ReportData:
                 "ci_low": -0.1,
                 "ci_high": 0.5,
                 "p_value": 0.2,
+                "adjusted_difference": 0.18,
+                "adjusted_ci_low": -0.05,
+                "adjusted_ci_high": 0.4,
+                "variance_reduction": 0.3,
+                "q_value": 0.25,
             }
         ],
+        follow_up_days=14,
         review=[{"area": "kpis", "severity": 1.0, "title": IMG, "evidence": IMG, "owner": IMG}],
         missing={"funnel": IMG, "base_rate": IMG},
     )

@@ -170,6 +170,14 @@ class InterventionRules(_Strict):
     fixes: ByFailureLabel = Field(default_factory=dict)
     # Expected activation gain of an intervention before effectiveness has been measured.
     assumed_uplift: float = Field(default=0.05, ge=0, le=1)
+    # Effectiveness: each user's outcome is "activated within this many days of their first
+    # assignment" (or by their window's close, if sooner), the same for both arms.
+    follow_up_days: float = Field(default=14, gt=0)
+    # A subgroup (intervention type, failure label) is estimated only with this many users
+    # with a final outcome in each arm.
+    min_subgroup_users: int = Field(default=30, ge=2)
+    # Error rate of the effectiveness intervals (anytime-valid: over every read, not one).
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
     stall: StallRules = Field(default_factory=StallRules)
     nudges: NudgeSettings = Field(default_factory=NudgeSettings)
 

@@ -18,7 +18,6 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from scipy.stats import binomtest
 
 from onboarding_pipeline.activation.assets import USER_FEATURES, table_to_arrow
 from onboarding_pipeline.activation.features import now_of
@@ -35,8 +34,10 @@ from onboarding_pipeline.engagement.activity import (
 )
 from onboarding_pipeline.engagement.effectiveness import (
     compare_arms,
+    final_outcomes,
     first_assignments,
     measured_uplift,
+    sample_ratio_p_value,
 )
 from onboarding_pipeline.engagement.health import (
     COMPONENTS,
@@ -403,6 +404,38 @@ def ledger_history(warehouse: WarehouseResource, experiment: str) -> pd.DataFram
     return warehouse.execute(ledger.filter(ledger.experiment == experiment))
 
 
+def assignment_outcomes(
+    warehouse: WarehouseResource, config: ProductConfig, now: datetime
+) -> pd.DataFrame:
+    """Each assigned user's first assignment, with the outcome at its fixed follow-up."""
+    rules = config.interventions
+    assignments = first_assignments(ledger_history(warehouse, rules.experiment))
+    features = warehouse.table(USER_FEATURES)
+    ledger = warehouse.table(INTERVENTION_LEDGER.name)
+    assigned = ledger.filter(ledger.experiment == rules.experiment).select(
+        _assigned_user=ledger.user_id
+    )
+    users = warehouse.execute(
+        features.semi_join(assigned, features.user_id == assigned._assigned_user).select(
+            "user_id", "signup_at", "activation_at"
+        )
+    )
+    if assignments.empty:
+        return assignments.assign(final=pd.Series(dtype=bool), activated=pd.Series(dtype=float))
+    return final_outcomes(
+        assignments,
+        users,
+        pd.Timestamp(now),
+        rules.follow_up_days,
+        config.activation_window_days,
+    )
+
+
+def effectiveness_of(outcomes: pd.DataFrame, config: ProductConfig) -> pd.DataFrame:
+    rules = config.interventions
+    return compare_arms(outcomes, alpha=rules.alpha, min_subgroup_users=rules.min_subgroup_users)
+
+
 def record_outcomes(warehouse: WarehouseResource, config: ProductConfig) -> None:
     """Fill the outcome of ledger rows whose user's outcome is now known (never overwritten)."""
     features = warehouse.table(USER_FEATURES)
@@ -465,7 +498,8 @@ def intervention_queue(
     )
     users = users.merge(names, on="user_id", how="left")
     now = engagement_now(warehouse, config)
-    uplift = measured_uplift(compare_arms(first_assignments(history)))
+    effectiveness = effectiveness_of(assignment_outcomes(warehouse, config, now), config)
+    uplift = measured_uplift(effectiveness, rules.alpha)
     paths = engagement_paths(warehouse, config).paths
     final = f"Reach the aha moment: {config.aha_events[0].replace('_', ' ')}"
     queue = build_queue(users, history, rules, paths, now, uplift, final, rules.nudges.language)
@@ -522,11 +556,19 @@ def intervention_queue(
     # configured rate (the ledger now holds today's rows too).
     assigned = first_assignments(ledger_history(warehouse, rules.experiment))
     holdouts, total = int(assigned.holdout.sum()), len(assigned)
-    p_value = binomtest(holdouts, total, rules.holdout_fraction).pvalue if total else 1.0
+    p_value = sample_ratio_p_value(assigned, rules.holdout_fraction)
     yield AssetCheckResult(
         check_name="holdout_share_as_configured",
         passed=bool(p_value >= 0.001),
         severity=AssetCheckSeverity.WARN,
+        description=None
+        if p_value >= 0.001
+        else (
+            f"sample-ratio mismatch: {holdouts} of {total} assigned users are in the holdout, "
+            f"not a plausible draw at interventions.holdout_fraction = {rules.holdout_fraction} "
+            "(binomial p < 0.001); effectiveness read-outs are suspect until it is explained "
+            "(a changed experiment name or fraction, or users dropped from one arm)"
+        ),
         metadata={"holdout": holdouts, "assigned": total, "p_value": round(float(p_value), 4)},
     )
 
@@ -540,26 +582,49 @@ def intervention_queue(
 def intervention_effectiveness(
     warehouse: WarehouseResource, product_config: ProductConfigResource
 ) -> MaterializeResult:
-    """Activation rate of treated vs holdout users once their outcome is known, with the
-    difference's 95% interval and p-value: overall, by intervention type and failure label."""
+    """Activation of treated vs holdout users at a fixed follow-up from their first
+    assignment: the plain difference and the one adjusted for the activation probability at
+    assignment (CUPAC), each with an anytime-valid 95% interval (valid however often it is
+    read), overall and by intervention type and failure label (q-values over subgroups)."""
     config = product_config.load()
-    assignments = first_assignments(ledger_history(warehouse, config.interventions.experiment))
-    table = compare_arms(assignments)
+    rules = config.interventions
+    outcomes = assignment_outcomes(warehouse, config, engagement_now(warehouse, config))
+    table = effectiveness_of(outcomes, config)
     warehouse.replace_all(
         INTERVENTION_EFFECTIVENESS.name, table_to_arrow(table, INTERVENTION_EFFECTIVENESS.schema)
     )
     overall = table[table.segment_type == "overall"]
-    known = int(assignments.outcome.notna().sum()) if len(assignments) else 0
+    final = int(outcomes.final.sum()) if len(outcomes) else 0
+    shown = [
+        "segment_type",
+        "segment",
+        "treated_users",
+        "holdout_users",
+        "difference",
+        "ci_low",
+        "ci_high",
+        "adjusted_difference",
+        "adjusted_ci_low",
+        "adjusted_ci_high",
+        "variance_reduction",
+        "q_value",
+        "note",
+    ]
     return MaterializeResult(
         metadata={
             "dagster/row_count": len(table),
-            "users_assigned": len(assignments),
-            "users_with_outcome": known,
-            "overall": markdown(
-                overall.round(4),
-                "_not enough data yet: no assigned user's outcome is known_",
+            "users_assigned": len(outcomes),
+            "users_with_final_outcome": final,
+            "users_pending": len(outcomes) - final,
+            "follow_up_days": rules.follow_up_days,
+            "sample_ratio_p_value": round(
+                sample_ratio_p_value(outcomes, rules.holdout_fraction), 4
             ),
-            "by_segment": markdown(table.round(4)),
+            "overall": markdown(
+                overall[shown].round(4),
+                "_not enough data yet: no assigned user's follow-up is over_",
+            ),
+            "by_segment": markdown(table[shown].round(4)),
         }
     )
 

@@ -1,17 +1,36 @@
 """Does intervening help? Treated vs holdout activation, from the randomized assignment.
 
-Each user counts once, in the arm of their first queue entry in the experiment (intention to
-treat: a treated user whose message failed still counts as treated), and only once their
-outcome is known (activated, or the window closed without it). The difference of rates has a
-Newcombe 95% interval and a two-sided p-value (statsmodels), overall and by intervention type
-and failure label.
+Three rules keep the read-out honest when it is read every week:
+
+- **A fixed follow-up for both arms.** Each user counts once, in the arm of their first
+  assignment (intention to treat), and only once their follow-up is over: `follow_up_days`
+  after that assignment, or the close of their activation window if sooner. The outcome is
+  "activated by the end of the follow-up". Counting an activator as soon as they activate but
+  a non-activator only when the window closes would bias every interim read-out upwards.
+- **Regression adjustment (CUPAC).** Next to the plain difference, the treatment coefficient
+  of a linear model that also holds the activation probability at assignment (and, overall,
+  the intervention type) fixed: the same estimand, a smaller variance when the covariate
+  predicts the outcome. `variance_reduction` says how much it bought.
+- **Anytime-valid intervals.** Both intervals are confidence sequences for a coefficient of a
+  Gaussian linear model (Lindon, Ham, Tingley and Bojinov, "Anytime-valid linear models and
+  regression adjusted causal inference in randomized experiments", 2024): the chance that one
+  ever excludes the true effect, however often it is read, is at most alpha. They are wider
+  than a one-look interval; that is the price of peeking.
+
+Subgroup rows (intervention type, failure label) are estimated only with at least
+`min_subgroup_users` in each arm, and their p-values get a Benjamini-Hochberg q-value.
+Priorities use only the adjusted, final read-out of an intervention type that clears q < alpha.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
-from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
+from scipy.stats import binomtest
+from statsmodels.stats.multitest import multipletests
 
 EFFECTIVENESS_COLUMNS = [
     "segment_type",
@@ -26,11 +45,34 @@ EFFECTIVENESS_COLUMNS = [
     "ci_low",
     "ci_high",
     "p_value",
+    "adjusted_difference",
+    "adjusted_ci_low",
+    "adjusted_ci_high",
+    "adjusted_p_value",
+    "variance_reduction",
+    "q_value",
+    "pending_users",
+    "note",
 ]
+# Scale of the normal mixture over the effect in the confidence sequence, in units of the
+# outcome's residual spread: 1 spreads the mixture over effects of any plausible size for an
+# activation rate. Smaller values tighten the sequence for small effects, widen it for large.
+PRIOR_SCALE = 1.0
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A treatment coefficient with its anytime-valid interval and p-value."""
+
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    std_error: float
 
 
 def first_assignments(ledger: pd.DataFrame) -> pd.DataFrame:
-    """The first ledger row of each user (their arm), with the latest known outcome."""
+    """The first ledger row of each user: their arm, when and how they were assigned."""
     if ledger.empty:
         return ledger
     ordered = ledger.sort_values(["queued_on", "queued_at"], kind="stable")
@@ -40,61 +82,198 @@ def first_assignments(ledger: pd.DataFrame) -> pd.DataFrame:
     return first
 
 
-def compare_arms(assignments: pd.DataFrame) -> pd.DataFrame:
-    """`assignments`: one row per user with holdout, outcome (activated | not_activated |
-    None), intervention_type, failure_label."""
-    known = assignments[assignments.outcome.notna()] if len(assignments) else assignments
+def final_outcomes(
+    assignments: pd.DataFrame,
+    users: pd.DataFrame,
+    now: pd.Timestamp,
+    follow_up_days: float,
+    window_days: float,
+) -> pd.DataFrame:
+    """`assignments` with `follow_up_end`, `final` (the follow-up is over) and `activated`
+    (1/0 once final, else missing). `users`: user_id, signup_at, activation_at."""
+    frame = assignments.merge(
+        users[["user_id", "signup_at", "activation_at"]], on="user_id", how="left"
+    )
+    follow_up = frame.queued_at + pd.Timedelta(days=follow_up_days)
+    window_close = frame.signup_at + pd.Timedelta(days=window_days)
+    frame["follow_up_end"] = follow_up.where(
+        window_close.isna() | (follow_up <= window_close), window_close
+    )
+    frame["final"] = frame.follow_up_end <= now
+    reached = frame.activation_at.notna() & (frame.activation_at <= frame.follow_up_end)
+    frame["activated"] = reached.astype(float).where(frame.final)
+    return frame
+
+
+def anytime_valid_effect(
+    outcome: np.ndarray, treated: np.ndarray, covariates: np.ndarray | None, alpha: float
+) -> Effect | str:
+    """The treatment coefficient of `outcome ~ 1 + treated + covariates` by least squares,
+    with its confidence sequence; or why it cannot be estimated."""
+    n = len(outcome)
+    columns = [np.ones(n), treated.astype(float)]
+    if covariates is not None and covariates.size:
+        centred = covariates - covariates.mean(axis=0)
+        columns += [centred[:, j] for j in range(centred.shape[1]) if centred[:, j].std() > 0]
+    design = np.column_stack(columns)
+    dof = n - design.shape[1]
+    if dof < 2:
+        return f"{n} users: too few for a model with {design.shape[1]} terms"
+    if np.ptp(outcome) == 0:
+        return "every user had the same outcome: there is no spread to estimate an interval from"
+    coefficients, *_ = np.linalg.lstsq(design, outcome, rcond=None)
+    residuals = outcome - design @ coefficients
+    sigma2 = float(residuals @ residuals) / dof
+    unscaled = np.linalg.pinv(design.T @ design)[1, 1]
+    std_error = math.sqrt(sigma2 * unscaled)
+    difference = float(coefficients[1])
+    # z2 is the treatment column's information (1 / its unscaled variance); r shrinks as it
+    # grows, and the sequence's radius follows from the mixture Bayes factor reaching 1/alpha.
+    r = PRIOR_SCALE / (PRIOR_SCALE + 1 / unscaled)
+    c = (r * alpha**2) ** (1 / (dof + 1))
+    radius = std_error * math.sqrt(dof * (1 - c) / (c - r)) if c > r else math.inf
+    t2 = (difference / std_error) ** 2
+    log_bayes = 0.5 * math.log(r) + 0.5 * (dof + 1) * (
+        math.log1p(t2 / dof) - math.log1p(r * t2 / dof)
+    )
+    return Effect(
+        difference=difference,
+        ci_low=difference - radius,
+        ci_high=difference + radius,
+        p_value=float(min(1.0, math.exp(-log_bayes))),
+        std_error=std_error,
+    )
+
+
+def compare_arms(
+    outcomes: pd.DataFrame, *, alpha: float = 0.05, min_subgroup_users: int = 30
+) -> pd.DataFrame:
+    """One row overall and one per intervention type and failure label: rates of the users
+    whose follow-up is over, the plain and the adjusted difference, each with its interval.
+    `outcomes` comes from `final_outcomes` (with holdout, intervention_type, failure_label and
+    activation_probability at assignment)."""
+    if outcomes.empty:
+        return pd.DataFrame(columns=EFFECTIVENESS_COLUMNS)
+    final = outcomes[outcomes.final.astype(bool)]
+    pending = outcomes[~outcomes.final.astype(bool)]
     rows = []
-    groupings = [("overall", None), ("intervention_type", "intervention_type")]
-    groupings.append(("failure_label", "failure_label"))
+    groupings: list[tuple[str, str | None]] = [
+        ("overall", None),
+        ("intervention_type", "intervention_type"),
+        ("failure_label", "failure_label"),
+    ]
     for segment_type, column in groupings:
-        if known.empty:
-            break
-        keys = known[column].fillna("none") if column else pd.Series("all", index=known.index)
-        for segment, part in known.groupby(keys):
-            rows.append({"segment_type": segment_type, "segment": segment, **_arms(part)})
-    return pd.DataFrame(rows, columns=EFFECTIVENESS_COLUMNS)
+        keys = _segments(outcomes, column)
+        for segment in sorted(keys.unique()):
+            part = final[keys.loc[final.index] == segment]
+            waiting = int((keys.loc[pending.index] == segment).sum())
+            minimum = 2 if column is None else min_subgroup_users
+            rows.append(
+                {
+                    "segment_type": segment_type,
+                    "segment": segment,
+                    "pending_users": waiting,
+                    **_arms(part, alpha, minimum, adjust_for_type=column is None),
+                }
+            )
+    table = pd.DataFrame(rows, columns=EFFECTIVENESS_COLUMNS)
+    subgroup = (table.segment_type != "overall") & table.adjusted_p_value.notna()
+    table["q_value"] = table.adjusted_p_value.where(table.segment_type == "overall")
+    if subgroup.any():
+        table.loc[subgroup, "q_value"] = multipletests(
+            table.loc[subgroup, "adjusted_p_value"].astype(float), method="fdr_bh"
+        )[1]
+    return table
 
 
-def _arms(part: pd.DataFrame) -> dict[str, float | int | None]:
-    activated = part.outcome == "activated"
-    holdout = part.holdout.astype(bool)
+def _segments(frame: pd.DataFrame, column: str | None) -> pd.Series:
+    if column is None:
+        return pd.Series("all", index=frame.index)
+    return frame[column].fillna("none").astype(str)
+
+
+def _arms(
+    part: pd.DataFrame, alpha: float, minimum: int, *, adjust_for_type: bool
+) -> dict[str, object]:
+    activated = part.activated.to_numpy(dtype=float)
+    holdout = part.holdout.astype(bool).to_numpy()
     n_t, n_h = int((~holdout).sum()), int(holdout.sum())
-    a_t, a_h = int((activated & ~holdout).sum()), int((activated & holdout).sum())
-    result: dict[str, float | int | None] = {
+    a_t, a_h = int(activated[~holdout].sum()), int(activated[holdout].sum())
+    result: dict[str, object] = {
         "treated_users": n_t,
         "treated_activated": a_t,
         "treated_rate": a_t / n_t if n_t else None,
         "holdout_users": n_h,
         "holdout_activated": a_h,
         "holdout_rate": a_h / n_h if n_h else None,
-        "difference": None,
-        "ci_low": None,
-        "ci_high": None,
-        "p_value": None,
     }
-    if n_t and n_h:
-        result["difference"] = a_t / n_t - a_h / n_h
-        # statsmodels also reports ratios, which divide by zero when an arm has no successes.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            low, high = confint_proportions_2indep(a_t, n_t, a_h, n_h, method="newcomb")
-            result["ci_low"], result["ci_high"] = float(low), float(high)
-            if 0 < a_t + a_h < n_t + n_h:
-                test = test_proportions_2indep(a_t, n_t, a_h, n_h, method="score")
-                result["p_value"] = float(test.pvalue)
-            else:
-                result["p_value"] = 1.0
+    if min(n_t, n_h) < minimum:
+        result["note"] = (
+            "no user's follow-up is over yet"
+            if n_t + n_h == 0
+            else f"{n_t} treated and {n_h} holdout users with a final outcome: each arm needs "
+            f"{minimum} (interventions.min_subgroup_users for subgroups)"
+        )
+        return result
+    plain = anytime_valid_effect(activated, ~holdout, None, alpha)
+    adjusted = anytime_valid_effect(activated, ~holdout, _covariates(part, adjust_for_type), alpha)
+    if isinstance(plain, str) or isinstance(adjusted, str):
+        result["note"] = plain if isinstance(plain, str) else adjusted
+        return result
+    result.update(
+        difference=plain.difference,
+        ci_low=plain.ci_low,
+        ci_high=plain.ci_high,
+        p_value=plain.p_value,
+        adjusted_difference=adjusted.difference,
+        adjusted_ci_low=adjusted.ci_low,
+        adjusted_ci_high=adjusted.ci_high,
+        adjusted_p_value=adjusted.p_value,
+        variance_reduction=1 - (adjusted.std_error / plain.std_error) ** 2,
+    )
     return result
 
 
-def measured_uplift(effectiveness: pd.DataFrame) -> dict[str, float]:
-    """Uplift per intervention type where the interval excludes zero (for priorities)."""
+def _covariates(part: pd.DataFrame, with_type: bool) -> np.ndarray:
+    """The activation probability at assignment (a missing one: the mean, and a flag), and,
+    for the overall row, the intervention type: what the outcome is adjusted for."""
+    columns = []
+    if "activation_probability" in part:
+        probability = pd.to_numeric(part.activation_probability, errors="coerce")
+        missing = probability.isna()
+        columns.append(probability.fillna(probability.mean() if (~missing).any() else 0.0))
+        columns.append(missing.astype(float))
+    if with_type:
+        columns += [
+            (part.intervention_type == kind).astype(float)
+            for kind in sorted(part.intervention_type.dropna().unique())[1:]
+        ]
+    if not columns:
+        return np.empty((len(part), 0))
+    return np.column_stack([np.asarray(c, dtype=float) for c in columns])
+
+
+def sample_ratio_p_value(assignments: pd.DataFrame, holdout_fraction: float) -> float:
+    """Two-sided binomial test of the holdout share of every assigned user: a small value is a
+    sample-ratio mismatch (the assignment is not what the experiment says)."""
+    total = len(assignments)
+    if not total or holdout_fraction <= 0:
+        return 1.0
+    held = int(assignments.holdout.astype(bool).sum())
+    return float(binomtest(held, total, holdout_fraction).pvalue)
+
+
+def measured_uplift(effectiveness: pd.DataFrame, alpha: float = 0.05) -> dict[str, float]:
+    """Uplift per intervention type for priorities: the adjusted, final read-out, only where
+    its anytime-valid interval excludes zero and it survives the subgroup correction."""
     if effectiveness.empty:
         return {}
     rows = effectiveness[
-        (effectiveness.segment_type == "intervention_type") & (effectiveness.ci_low > 0)
+        (effectiveness.segment_type == "intervention_type")
+        & (effectiveness.adjusted_ci_low > 0)
+        & (effectiveness.q_value < alpha)
     ]
     return {
         str(segment): float(np.clip(difference, 0, 1))
-        for segment, difference in zip(rows.segment, rows.difference, strict=True)
+        for segment, difference in zip(rows.segment, rows.adjusted_difference, strict=True)
     }

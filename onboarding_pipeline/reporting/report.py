@@ -62,6 +62,7 @@ class ReportData:
     at_risk: list[dict[str, Any]] | None = None
     queue: dict[str, Any] | None = None
     effectiveness: list[dict[str, Any]] | None = None
+    follow_up_days: float | None = None  # the effectiveness outcome's follow-up
     # Set when users still onboarding have no activation probability: how they were judged
     # instead (health score and rules) and what would unlock the model.
     scoring_note: str | None = None
@@ -242,19 +243,25 @@ def gather_report(
             "ci_low",
             "ci_high",
             "p_value",
+            "adjusted_difference",
+            "adjusted_ci_low",
+            "adjusted_ci_high",
+            "variance_reduction",
+            "q_value",
         ],
         tables,
     )
     if effectiveness is not None:
-        effectiveness = effectiveness[
-            (effectiveness.treated_users > 0) & (effectiveness.holdout_users > 0)
-        ]
+        # Rows with an estimate only: the others lack users whose follow-up is over.
+        effectiveness = effectiveness[effectiveness.difference.notna()]
     if effectiveness is None or effectiveness.empty:
         missing["effectiveness"] = (
-            "no intervention has both treated and holdout users with known outcomes"
+            "no intervention has enough treated and holdout users whose follow-up "
+            f"({config.interventions.follow_up_days:g} days after assignment) is over"
         )
     else:
         data.effectiveness = _records(effectiveness)
+        data.follow_up_days = config.interventions.follow_up_days
 
     data.review = review_items(data, config)
     if not data.review:

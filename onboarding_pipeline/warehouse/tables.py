@@ -340,6 +340,8 @@ INTERVENTION_LEDGER = TableSpec(
     ibis.schema(
         {
             **_QUEUE_COLUMNS,
+            # At assignment: the covariate the effectiveness read-out adjusts for (CUPAC).
+            "activation_probability": "float64",
             "outcome": "string",  # activated | not_activated, once known
             "outcome_at": UTC_TIMESTAMP,
         }
@@ -362,10 +364,20 @@ INTERVENTION_EFFECTIVENESS = TableSpec(
             "difference": "float64",  # treated_rate - holdout_rate
             "ci_low": "float64",
             "ci_high": "float64",
-            "p_value": "float64",
+            "p_value": "float64",  # anytime-valid, like the interval
+            # Regression-adjusted for the activation probability at assignment (CUPAC).
+            "adjusted_difference": "float64",
+            "adjusted_ci_low": "float64",
+            "adjusted_ci_high": "float64",
+            "adjusted_p_value": "float64",
+            "variance_reduction": "float64",  # 1 - adjusted variance / plain variance
+            "q_value": "float64",  # Benjamini-Hochberg over the subgroup rows
+            "pending_users": "!int64",  # assigned, follow-up not over yet
+            "note": "string",  # why a row has no estimate
         }
     ),
-    "Activation of treated vs holdout users whose outcome is known, with a 95% interval.",
+    "Activation of treated vs holdout users at a fixed follow-up from assignment, plain and "
+    "regression-adjusted, with anytime-valid intervals.",
 )
 
 NUDGES = TableSpec(
