@@ -320,7 +320,9 @@ def as_ledger(queue: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_queue_names_one_next_action_channel_and_owner_per_user() -> None:
-    queue = run_queue(pd.DataFrame(), NOW).set_index("user_id")
+    # No holdout here: held-out rows have no channel (see the next test).
+    queue = run_queue(pd.DataFrame(), NOW, InterventionRules(holdout_fraction=0.0))
+    queue = queue.set_index("user_id")
     assert not queue.index.duplicated().any()
     assert "active" not in queue.index  # low risk, not stalled
     assert queue.loc["blocked", "channel"] == "human"  # access problems go to a person
@@ -338,6 +340,18 @@ def test_queue_names_one_next_action_channel_and_owner_per_user() -> None:
     assert queue.loc["noshow", "priority"] == pytest.approx(0.05 * 0.95)
     treated = queue[~queue.holdout]
     assert treated.message.str.contains("Ada").all()
+
+
+def test_held_out_users_reach_no_channel_and_no_owner() -> None:
+    """Control means control: not even the access-blocked user goes to a person."""
+    everyone_held = InterventionRules(holdout_fraction=0.999, cooldown_days=3)
+    queue = run_queue(pd.DataFrame(), NOW, everyone_held).set_index("user_id")
+    assert queue.holdout.all()
+    assert (queue.channel == "none").all() and (queue.owner == "none").all()
+    assert queue.message.isna().all()
+    # The same users without a holdout: the blocked one goes to support.
+    treated = run_queue(pd.DataFrame(), NOW, InterventionRules(holdout_fraction=0.0))
+    assert treated.set_index("user_id").loc["blocked", "owner"] == "support"
 
 
 def test_cooldown_and_escalation_across_runs() -> None:

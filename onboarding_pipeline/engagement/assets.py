@@ -522,8 +522,9 @@ def intervention_queue(
             "dagster/row_count": len(queue),
             "ledger_rows_added": added,
             "by_intervention_type": counts(queue.intervention_type),
+            # Held-out rows have channel and owner `none`: no one acts on them.
             "by_channel": counts(queue.channel),
-            "by_owner": counts(queue.owner),
+            "by_owner": counts(queue.owner[~queue.holdout.astype(bool)]),
             "by_failure_label": counts(queue.failure_label.fillna("not stalled")),
             "holdout_users": int(queue.holdout.sum()),
             "holdout_share": round(float(queue.holdout.mean()), 4) if len(queue) else 0.0,

@@ -9,7 +9,8 @@ Where: the escalation ladder (in-app, email, human) one step per send, email fro
 `email_from_day`, and a human straight away when the evidence shows an access problem.
 Never twice: users in cooldown, or already handed to a human for the same action, are left
 out; the ledger of earlier days is the memory. A deterministic hash of experiment and user id
-puts `holdout_fraction` of them in the control group: recorded, never messaged.
+puts `holdout_fraction` of them in the control group: recorded, never messaged, no channel
+and no owner (`none`), so no person acts on them either.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import pandas as pd
 
 from onboarding_pipeline.config.engagement import InterventionRules, OnboardingPath
 from onboarding_pipeline.engagement.nudge_writer import NudgeRequest, template_message
+
+# The channel and owner of a held-out row: it is recorded (queue and ledger), never acted on.
+NO_CHANNEL = "none"
 
 QUEUE_COLUMNS = [
     "user_id",
@@ -223,6 +227,10 @@ def build_queue(
         ],
     )
     wanted["holdout"] = in_holdout(wanted.user_id, rules.experiment, rules.holdout_fraction)
+    # Control means control: a held-out user reaches no channel, not even a person, and is
+    # in nobody's workload (an owner who knew would treat them, and the lift would shrink).
+    wanted.loc[wanted.holdout, "channel"] = NO_CHANNEL
+    wanted.loc[wanted.holdout, "owner"] = NO_CHANNEL
     uplift = wanted.intervention_type.map(lambda t: uplift_by_type.get(t, rules.assumed_uplift))
     # Expected gain in activation: the uplift of this kind of intervention times the room the
     # user has left to activate (from the health score when there is no probability).

@@ -594,8 +594,10 @@ def _queue(warehouse: WarehouseResource, tables: set[str]) -> dict[str, Any] | N
         .agg(users=("user_id", "count"), holdout=("holdout", "sum"))
         .sort_values("users", ascending=False)
     )
+    # Workloads: treated rows only (a held-out user is in nobody's queue of work).
+    treated = queue[~queue.holdout.fillna(False).astype(bool)]
     by_owner = (
-        queue.groupby("owner", as_index=False)
+        treated.groupby("owner", as_index=False)
         .agg(users=("user_id", "count"))
         .sort_values("users", ascending=False)
     )

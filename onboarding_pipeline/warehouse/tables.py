@@ -310,7 +310,7 @@ _QUEUE_COLUMNS = {
     "path": "string",
     "next_action": "!string",
     "intervention_type": "!string",  # urgent | nudge | guide
-    "channel": "!string",  # in_app | email | human
+    "channel": "!string",  # in_app | email | human; none for holdout rows
     "owner": "!string",
     "escalation_step": "!int64",
     "reason": "string",
