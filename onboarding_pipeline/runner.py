@@ -30,7 +30,11 @@ from onboarding_pipeline.ingestion.load import event_date_span, unread_files_war
 from onboarding_pipeline.ingestion.sources import FileSource
 from onboarding_pipeline.orchestration.jobs import REPORT_GROUPS
 from onboarding_pipeline.partitions import EVENTS_ASSET, partition_key_of
-from onboarding_pipeline.reporting.assets import report_run_lines, watermark_week
+from onboarding_pipeline.reporting.assets import (
+    delivery_outcome,
+    report_run_lines,
+    watermark_week,
+)
 from onboarding_pipeline.settings import (
     ENV_CONFIG,
     ENV_DATA_DIR,
@@ -293,6 +297,8 @@ def run_pipeline(
     skipped: set[AssetKey] = set()
     report_week: str | None = None
     warnings: list[str] = []
+    # What this run's delivery step did: "sent" vs found already sent by another run.
+    delivery: dict[str, list[str]] | None = None
     try:
         for index, key in enumerate(keys, start=1):
             label = key.to_user_string()
@@ -328,6 +334,8 @@ def run_pipeline(
                 run_config=_QUIET_CONSOLE,
             )
             warnings += [w for w in _warnings_of(result) if w not in warnings]
+            if key == AssetKey("report_deliveries"):
+                delivery = delivery_outcome(result)
             if not result.success:
                 failures[label] = failure_text(result)
                 skipped.add(key)
@@ -354,7 +362,7 @@ def run_pipeline(
         try:
             summary.report_lines = _guarded(
                 "report summary",
-                lambda: report_run_lines(settings.output_dir, warehouse, reported),
+                lambda: report_run_lines(settings.output_dir, warehouse, reported, delivery),
                 [],
                 summary.notes,
             )

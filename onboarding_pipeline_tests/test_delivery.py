@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,12 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from onboarding_pipeline.config import ProductConfig
-from onboarding_pipeline.reporting.assets import build_reporting_assets, weekly_partitions
+from onboarding_pipeline.reporting.assets import (
+    build_reporting_assets,
+    delivery_outcome,
+    report_run_lines,
+    weekly_partitions,
+)
 from onboarding_pipeline.reporting.delivery import deliver_report, slack_blocks, slack_escape
 from onboarding_pipeline.reporting.mail import EmailResource
 from onboarding_pipeline.reporting.notion import NotionResource
@@ -727,6 +733,81 @@ def test_ledger_on_postgres(smtp, report, tmp_path) -> None:  # type: ignore[no-
         rows = ledger(warehouse)
         assert rows.status.tolist() == ["sent", "sent", "outbox"]
         assert rows.attempts.tolist() == [1, 1, 0]
+    finally:
+        warehouse.connect().drop_database(schema, force=True, cascade=True)
+        warehouse.close()
+
+
+def test_a_concurrent_run_that_finds_the_week_sent_says_already_sent(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, smtp, tmp_path: Path
+) -> None:
+    """Two `report_deliveries` runs at once on one PostgreSQL warehouse: one sends, the other
+    waits for the week's lock and finds every row `sent`. Its metadata and the run summary
+    line built from it say "already sent", not "sent"."""
+    inbox, port = smtp
+
+    def slow_post(request: Request) -> Response:
+        time.sleep(1)  # the other run is waiting for the lock meanwhile
+        body = {"ok": True, "channel": "C0123", "ts": "1730419200.000100"}
+        return Response(json.dumps(body), content_type="application/json")
+
+    httpserver.expect_request("/api/chat.postMessage").respond_with_handler(slow_post)
+    slack_stub(httpserver, [])
+    config_path = tmp_path / "onboarding.yaml"
+    config_path.write_text(
+        "aha_events: [dashboard_shared]\npartitions_start_date: 2026-06-01\n"
+        "as_of: 2026-10-30T12:00:00Z\n"
+        f"report: {{recipients: [{', '.join(RECIPIENTS)}], slack_channel: '#onboarding'}}\n"
+    )
+    config = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-06-01")
+    weekly_report, report_deliveries = build_reporting_assets(weekly_partitions(config), [])
+    schema = f"onboarding_test_{uuid.uuid4().hex[:8]}"
+
+    def resources() -> dict[str, Any]:
+        # A warehouse of its own per run: its own connection, so its own advisory locks.
+        return {
+            "warehouse": WarehouseResource(url=POSTGRES_URL, schema_name=schema),
+            "product_config": ProductConfigResource(path=str(config_path)),
+            "outputs": OutputDirResource(path=str(tmp_path / "out")),
+            "slack": slack_resource(httpserver),
+            "email": smtp_resource(port),
+            "notion": NotionResource(),
+        }
+
+    def deliveries_run(_: int) -> Any:
+        return materialize([report_deliveries], resources=resources(), partition_key=WEEK)
+
+    warehouse = WarehouseResource(url=POSTGRES_URL, schema_name=schema)
+    try:
+        assert materialize([weekly_report], resources=resources(), partition_key=WEEK).success
+        with ThreadPoolExecutor(2) as pool:
+            runs = list(pool.map(deliveries_run, range(2)))
+        assert all(run.success for run in runs)
+        everything = sorted([*(f"email:{r}" for r in RECIPIENTS), "slack:#onboarding"])
+        metadata = [
+            run.asset_materializations_for_node("report_deliveries")[0].metadata for run in runs
+        ]
+        sent_by = [sorted(m["sent"].value) for m in metadata]
+        winner = sent_by.index(everything)
+        loser = metadata[1 - winner]
+        assert loser["sent"].value == [] and sorted(loser["already_sent"].value) == everything
+        assert len(inbox.envelopes) == 2
+        assert len([r for r, _ in httpserver.log if r.path == "/api/chat.postMessage"]) == 1
+
+        lines = {
+            index: "\n".join(
+                report_run_lines(tmp_path / "out", warehouse, WEEK, delivery_outcome(runs[index]))
+            )
+            for index in (winner, 1 - winner)
+        }
+        assert "already sent" not in lines[winner]
+        assert f"email delivery:     sent: {', '.join(RECIPIENTS)}" in lines[winner]
+        assert "slack delivery:     sent: #onboarding" in lines[winner]
+        assert (
+            "email delivery:     already sent (by an earlier or concurrent run), not sent "
+            in (lines[1 - winner])
+        )
+        assert ": sent:" not in lines[1 - winner]
     finally:
         warehouse.connect().drop_database(schema, force=True, cascade=True)
         warehouse.close()

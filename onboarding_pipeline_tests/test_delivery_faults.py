@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,15 @@ from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.config.product import ReportSettings
 from onboarding_pipeline.orchestration.jobs import report_selection
 from onboarding_pipeline.reporting.assets import build_reporting_assets, weekly_partitions
-from onboarding_pipeline.reporting.delivery import SENDING, SENT, deliver_report
-from onboarding_pipeline.reporting.mail import EmailResource
+from onboarding_pipeline.reporting.delivery import (
+    SENDING,
+    SENT,
+    SLACK_METADATA_EVENT,
+    Ledger,
+    deliver_report,
+    deployment_id,
+)
+from onboarding_pipeline.reporting.mail import EmailResource, report_message_id
 from onboarding_pipeline.reporting.notion import NotionResource
 from onboarding_pipeline.reporting.report import ReportData, load_report, write_report
 from onboarding_pipeline.reporting.slack import SlackResource
@@ -36,6 +45,7 @@ from onboarding_pipeline_tests.delivery_stubs import (
     CHANNEL_ID,
     Inbox,
     SlackStub,
+    free_port,
     smtp_server,
     wait_for,
 )
@@ -166,7 +176,8 @@ def test_killed_between_slack_reply_and_ledger_write_posts_once(  # type: ignore
     )
 
     assert result.failed == {}
-    assert result.recovered == ["slack:#onboarding"] and result.sent == ["slack:#onboarding"]
+    # Found in the history: already sent (its charts uploaded now), not sent by this run.
+    assert result.recovered == result.skipped == ["slack:#onboarding"] and result.sent == []
     assert stub.count("chat.postMessage") == 1 and len(stub.messages) == 1
     assert stub.count("conversations.history") == 1
     assert stub.count("files.completeUploadExternal") == 1  # charts, once, in its thread
@@ -292,37 +303,49 @@ class QuitRefusedFirstDataDeferred(Inbox):
         return "421 Service not available, closing transmission channel"
 
 
-def test_quit_421_after_250_counts_as_sent_in_a_job_with_step_retries(tmp_path: Path) -> None:
-    inbox = QuitRefusedFirstDataDeferred()
+def weekly_job_defs(
+    tmp_path: Path, warehouse: WarehouseResource, email: EmailResource, **resources: Any
+) -> Definitions:
+    """weekly_report_job's selection and step retries (without the 30 s delay) on `warehouse`,
+    for week WEEK as the current week (`as_of` inside it), email to RECIPIENTS."""
+    channel = resources.pop("channel", "")
     config_path = tmp_path / "onboarding.yaml"
     config_path.write_text(
         "aha_events: [dashboard_shared]\npartitions_start_date: 2026-06-01\n"
         "as_of: 2026-10-30T12:00:00Z\n"
-        f"report: {{recipients: [{', '.join(RECIPIENTS)}], slack_channel: ''}}\n"
+        f"report: {{recipients: [{', '.join(RECIPIENTS)}], slack_channel: '{channel}'}}\n"
     )
     config = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-06-01")
+    return Definitions(
+        assets=build_reporting_assets(weekly_partitions(config), []),
+        jobs=[
+            define_asset_job(
+                "weekly_report_job",
+                selection=report_selection,
+                op_retry_policy=RetryPolicy(max_retries=2),
+            )
+        ],
+        resources={
+            "warehouse": warehouse,
+            "product_config": ProductConfigResource(path=str(config_path)),
+            "outputs": OutputDirResource(path=str(tmp_path / "out")),
+            "slack": resources.get("slack") or SlackResource(),
+            "email": email,
+            "notion": NotionResource(),
+        },
+    )
+
+
+def test_quit_421_after_250_counts_as_sent_in_a_job_with_step_retries(tmp_path: Path) -> None:
+    inbox = QuitRefusedFirstDataDeferred()
     warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
     with smtp_server(inbox) as port:
-        defs = Definitions(
-            assets=build_reporting_assets(weekly_partitions(config), []),
-            jobs=[
-                # weekly_report_job's selection and retries, without the 30 s delay.
-                define_asset_job(
-                    "weekly_report_job",
-                    selection=report_selection,
-                    op_retry_policy=RetryPolicy(max_retries=2),
-                )
-            ],
-            resources={
-                "warehouse": warehouse,
-                "product_config": ProductConfigResource(path=str(config_path)),
-                "outputs": OutputDirResource(path=str(tmp_path / "out")),
-                "slack": SlackResource(),
-                "email": EmailResource(
-                    host="127.0.0.1", port=port, security="none", sender="reports@example.com"
-                ),
-                "notion": NotionResource(),
-            },
+        defs = weekly_job_defs(
+            tmp_path,
+            warehouse,
+            EmailResource(
+                host="127.0.0.1", port=port, security="none", sender="reports@example.com"
+            ),
         )
         result = defs.resolve_job_def("weekly_report_job").execute_in_process(
             partition_key=WEEK, raise_on_error=False
@@ -337,3 +360,181 @@ def test_quit_421_after_250_counts_as_sent_in_a_job_with_step_retries(tmp_path: 
     assert rows.loc[("email", RECIPIENTS[0])].attempts == 1
     assert rows.loc[("email", RECIPIENTS[1])].attempts == 2
     warehouse.close()
+
+
+FORCE = {"ops": {"report_deliveries": {"config": {"force": True}}}}
+
+
+def test_a_forced_run_with_step_retries_resends_once_and_a_new_forced_run_again(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    """`force: true` and a step retry (growth@'s first DATA answered 451): the retry carries
+    on with the forced run's own messages, so stakeholders@ and Slack get the forced copy once,
+    growth@ once after the retry. A second forced run is a new resend: one more each."""
+    inbox = QuitRefusedFirstDataDeferred()
+    inbox.deferred = True  # the normal delivery goes through at once
+    stub = SlackStub(httpserver)
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    with smtp_server(inbox) as port:
+        job = weekly_job_defs(
+            tmp_path,
+            warehouse,
+            EmailResource(
+                host="127.0.0.1", port=port, security="none", sender="reports@example.com"
+            ),
+            slack=SlackResource(token="xoxb-test", base_url=httpserver.url_for("/api/")),
+            channel="#onboarding",
+        ).resolve_job_def("weekly_report_job")
+        normal = job.execute_in_process(partition_key=WEEK, raise_on_error=False)
+        assert normal.success and len(inbox.envelopes) == 2 and len(stub.messages) == 1
+
+        inbox.deferred = False  # the forced run's first DATA to growth@ gets a 451 again
+        forced = job.execute_in_process(partition_key=WEEK, run_config=FORCE, raise_on_error=False)
+        assert forced.success
+        retries = [e for e in forced.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+        assert len(retries) == 1
+        after_forced = [e.rcpt_tos[0] for e in inbox.envelopes[2:]]
+        assert sorted(after_forced) == sorted(RECIPIENTS)  # not stakeholders@ twice
+        assert len(stub.messages) == 2  # one forced post, not one per attempt
+        forced_ids = {m["Message-ID"] for m in inbox.messages()[2:]}
+        forced_keys = {m["metadata"]["event_payload"]["idempotency_key"] for m in stub.messages}
+        assert len(forced_ids) == 2 and len(forced_keys) == 2
+        assert (
+            forced.run_id in next(iter(forced_ids))
+            and forced.run_id in stub.messages[1]["metadata"]["event_payload"]["idempotency_key"]
+        )
+        rows = ledger(warehouse)
+        assert set(rows.status) == {SENT}
+        assert rows.loc[("email", RECIPIENTS[0])].attempts == 2  # normal + forced
+        assert rows.loc[("email", RECIPIENTS[1])].attempts == 3  # normal + 451 + retry
+
+        again = job.execute_in_process(partition_key=WEEK, run_config=FORCE, raise_on_error=False)
+        assert again.success
+        assert sorted(e.rcpt_tos[0] for e in inbox.envelopes[4:]) == sorted(RECIPIENTS)
+        assert len(stub.messages) == 3
+        assert not {m["Message-ID"] for m in inbox.messages()[4:]} & forced_ids
+    warehouse.close()
+
+
+# ---------------------------------------------------------------- deployments
+
+
+def test_two_deployments_on_one_channel_never_take_each_others_message(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, report_folder, tmp_path
+) -> None:
+    """Two installs (two warehouses) report the same week to one Slack channel and one
+    address. B's first post got no answer (row `sending`); when B looks in the history it
+    must not take A's message for its own. And the two emails have different Message-IDs
+    (a mail system keeping one message per Message-ID would drop the second)."""
+    stub = SlackStub(httpserver)
+    inbox = Inbox()
+    a = WarehouseResource(url=f"duckdb:///{tmp_path / 'a.duckdb'}")
+    b = WarehouseResource(url=f"duckdb:///{tmp_path / 'b.duckdb'}")
+    slack = SlackResource(token="xoxb-test", base_url=httpserver.url_for("/api/"))
+    unreachable = SlackResource(token="xoxb-test", base_url=f"http://127.0.0.1:{free_port()}/api/")
+    try:
+        with smtp_server(inbox) as port:
+            email = EmailResource(
+                host="127.0.0.1", port=port, security="none", sender="reports@example.com"
+            )
+            lost = deliver_again(
+                b, report_folder, tmp_path, slack=unreachable, channel="#onboarding"
+            )
+            assert "slack:#onboarding" in lost.failed
+            assert ledger(b).loc[("slack", "#onboarding")].status == SENDING
+            first = deliver_again(
+                a,
+                report_folder,
+                tmp_path,
+                slack=slack,
+                email=email,
+                channel="#onboarding",
+                recipients=RECIPIENTS[:1],
+            )
+            assert first.sent == [f"email:{RECIPIENTS[0]}", "slack:#onboarding"]
+            second = deliver_again(
+                b,
+                report_folder,
+                tmp_path,
+                slack=slack,
+                email=email,
+                channel="#onboarding",
+                recipients=RECIPIENTS[:1],
+            )
+        assert second.recovered == [] and second.failed == {}
+        assert second.sent == [f"email:{RECIPIENTS[0]}", "slack:#onboarding"]
+        assert stub.count("chat.postMessage") == 2 and len(stub.messages) == 2
+        keys = [m["metadata"]["event_payload"]["idempotency_key"] for m in stub.messages]
+        assert keys[0] != keys[1]
+        assert deployment_id(a) in keys[0] and deployment_id(b) in keys[1]
+        message_ids = [m["Message-ID"] for m in inbox.messages()]
+        assert len(message_ids) == 2 and message_ids[0] != message_ids[1]
+        assert deployment_id(b) in message_ids[1]
+        assert ledger(b).loc[("slack", "#onboarding")].provider_id.endswith(stub.messages[1]["ts"])
+    finally:
+        a.close()
+        b.close()
+
+
+def test_ledger_rows_written_before_the_deployment_id_are_still_honoured(  # type: ignore[no-untyped-def]
+    httpserver: HTTPServer, warehouse, report_folder, tmp_path
+) -> None:
+    """A row left `sending` by an older version (key without a deployment id) is checked with
+    its own key, and finds its post; an older `failed` email row is retried with its own
+    Message-ID, so the retry is still the same message."""
+    stub = SlackStub(httpserver)
+    old_key = f"onboarding-report:{WEEK}:slack:#onboarding"
+    old_message_id = report_message_id(WEEK, RECIPIENTS[0], "reports@example.com")
+    assert (
+        old_message_id.startswith(f"<onboarding-report.{WEEK}.") and old_message_id.count(".") == 3
+    )
+    client = SlackResource(token="xoxb-test", base_url=httpserver.url_for("/api/")).client()
+    assert client is not None
+    client.chat_postMessage(
+        channel="#onboarding",
+        text="the older version's post",
+        metadata={
+            "event_type": SLACK_METADATA_EVENT,
+            "event_payload": {"idempotency_key": old_key, "report_week": WEEK},
+        },
+    )
+    old = Ledger(warehouse, WEEK)
+    old.intend("slack", "#onboarding", old_key, 1)
+    old.update("email", RECIPIENTS[0], status="failed", attempts=1, idempotency_key=old_message_id)
+    old.save()
+    inbox = Inbox()
+    with smtp_server(inbox) as port:
+        result = deliver_again(
+            warehouse,
+            report_folder,
+            tmp_path,
+            slack=SlackResource(token="xoxb-test", base_url=httpserver.url_for("/api/")),
+            email=EmailResource(
+                host="127.0.0.1", port=port, security="none", sender="reports@example.com"
+            ),
+            channel="#onboarding",
+            recipients=RECIPIENTS[:1],
+        )
+    assert result.failed == {} and result.recovered == ["slack:#onboarding"]
+    assert stub.count("chat.postMessage") == 1  # the older version's post, not a second one
+    assert [m["Message-ID"] for m in inbox.messages()] == [old_message_id]
+    rows = ledger(warehouse)
+    assert set(rows.status) == {SENT}
+    assert rows.loc[("slack", "#onboarding")].idempotency_key == old_key
+
+
+def test_the_deployment_id_is_made_once_even_by_concurrent_first_runs(  # type: ignore[no-untyped-def]
+    postgres_warehouse,
+) -> None:
+    """Two first deliveries at once on a fresh PostgreSQL warehouse agree on one id; it is
+    random (nothing of the URL in it) and stays the same afterwards."""
+    second = WarehouseResource(url=POSTGRES_URL, schema_name=postgres_warehouse.schema_name)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            ids = list(pool.map(deployment_id, [postgres_warehouse, second]))
+    finally:
+        second.close()
+    assert ids[0] == ids[1] and re.fullmatch(r"[0-9a-f]{32}", ids[0])
+    assert deployment_id(postgres_warehouse) == ids[0]
+    stored = postgres_warehouse.execute(postgres_warehouse.table("deployment"))
+    assert stored.deployment_id.tolist() == [ids[0]]

@@ -732,3 +732,92 @@ def test_nudges_asset_survives_garbage_and_reports_tokens_and_cost(
 )
 def test_look_alike_and_invisible_characters_do_not_slip_past_the_guard(text: str) -> None:
     assert check_message(text, max_words=80, prompt="", allowed_domains=("allowed.example",))
+
+
+ALLOWED = ("acme.example", "xn--bcher-kva.example")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        # Punycode / IDN host names: refused unless exactly an allowed domain.
+        ("Open acme.xn--p1ai to connect.", "link outside allowed_domains (acme.xn--p1ai)"),
+        ("Open ACME.XN--P1AI to connect.", "link outside allowed_domains (ACME.XN--P1AI)"),
+        ("Open xn--acme-9na.example to connect.", "xn--acme-9na.example"),
+        ("Open xn--80ak6aa92e.acme.example now.", "xn--80ak6aa92e.acme.example"),
+        ("Open https://xn--80ak6aa92e.acme.example/login now.", "https://xn--80ak6aa92e"),
+        ("Open l\u043egin.acme.example now.", "l\u043egin.acme.example"),  # Cyrillic o
+        ("Open shop.xn--bcher-kva.example now.", "shop.xn--bcher-kva.example"),
+        # Credentials, however phrased.
+        ("Reply with your passwd to finish.", "mentions a password"),
+        ("Reply with your pwd to finish.", "mentions a password"),
+        ("Send us your login info to finish.", "mentions credentials"),
+        ("Send us your login details to finish.", "mentions credentials"),
+        ("Share your sign-in information with us.", "mentions credentials"),
+        ("Enter the sign-in code we sent you.", "mentions a one-time code"),
+        ("Enter the one-time code we sent you.", "mentions a one-time code"),
+        ("Enter the one\u2011time code we sent you.", "mentions a one-time code"),  # nb hyphen
+        ("Enter the 6-digit code we sent you.", "mentions a one-time code"),
+        ("Reply with the OTP to finish.", "mentions a one-time code"),
+        ("Enter your PIN to finish setup.", "mentions a password or PIN"),
+        ("Enter your 4-digit pin to finish setup.", "mentions a password or PIN"),
+        # Phone numbers: a nudge never asks anyone to call or text.
+        ("Call us at +1 (555) 010-9999 to finish setup.", "phone number (+1 (555) 010-9999)"),
+        ("Text 555-0100 and we set it up.", "phone number (555-0100)"),
+        ("Call 020 7946 0958 today.", "phone number (020 7946 0958)"),
+        ("WhatsApp us on +49 151 23456789.", "phone number (+49 151 23456789)"),
+        ("Call 555.010.9999 for help.", "phone number (555.010.9999)"),
+        ("Call 5550109999 for help.", "phone number (5550109999)"),
+        (
+            "Call \uff10\uff12\uff10 \uff17\uff19\uff14\uff16 \uff10\uff19\uff15\uff18 now.",
+            "phone number (020 7946 0958)",
+        ),
+        ("Text START to 12345 to begin.", "phone number (Text START to 12345)"),
+        ("Call 1-800-FLOWERS for help.", "phone number (1-800-FLOWERS)"),
+        # Card data.
+        ("Give us the 16 digits on your Visa to unlock sources.", "mentions card details"),
+        ("Send the card digits to unlock sources.", "mentions card details"),
+        ("What is your Mastercard number?", "mentions card details"),
+        ("Type the long number on the front of your card.", "mentions card details"),
+        ("Add the CVV to unlock sources.", "mentions card details"),
+        ("Add the expiry date to unlock sources.", "mentions card details"),
+        ("Add the exp. date to unlock sources.", "mentions card details"),
+        ("Type the security code on the back.", "mentions card details"),
+    ],
+)
+def test_the_guard_refuses_lookalike_hosts_credentials_phone_numbers_and_card_data(
+    text: str, reason: str
+) -> None:
+    refused = check_message(text, max_words=80, prompt="", allowed_domains=ALLOWED)
+    assert refused is not None and reason in refused, refused
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD_TEXT,
+        "Connect your data source in Settings",
+        "Invite 2 teammates",
+        "Your workspace has 3 projects",
+        "Hi Ana, 3 of your 5 teammates already joined.",
+        "Your 14-day trial ends on 2026-11-15, so share a dashboard now.",
+        "Due 01/11/2026: connect your warehouse.",
+        "Review the 2025-2026 roadmap with your team.",
+        "Over 1,200 teams shared a dashboard in week 1; yours was viewed 1,234,567 times.",
+        "Version 2.4.1 makes sources faster, and your first API call took 200 ms.",
+        "Set up your account in 3 steps: 1) connect, 2) invite, 3) share.",
+        "Pick a plan for 10-50 users.",
+        "Pin your favourite dashboard to the sidebar.",
+        "Add a card to your board for each task.",
+        "Sign in and open Settings to finish; log in to see your 12 dashboards.",
+        "Your team at Visa can share dashboards now.",
+        "Text your teammates a link to the dashboard from the app.",
+        "Text your 120 teammates the link, or add text to 250 charts.",
+        "See the numbers of your team this week and invite 800 users.",
+        "Open the Settings page, then Sources \u2013 it takes 2 minutes.",
+        "Open app.acme.example or https://docs.acme.example/start to connect.",
+        "Open b\u00fccher.example or https://xn--bcher-kva.example/start to connect.",
+    ],
+)
+def test_the_guard_passes_ordinary_nudges(text: str) -> None:
+    assert check_message(text, max_words=80, prompt="", allowed_domains=ALLOWED) is None

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
 
+import ibis
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -66,6 +67,7 @@ from onboarding_pipeline.engagement.paths import (
 from onboarding_pipeline.engagement.queue import build_queue, text_or_none
 from onboarding_pipeline.engagement.scoring import model_unlock_reason, scoring_mode
 from onboarding_pipeline.engagement.stalls import detect_stalls
+from onboarding_pipeline.engagement.step_effects import step_experiments as estimate_step_effects
 from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
 from onboarding_pipeline.warehouse import WarehouseResource
 from onboarding_pipeline.warehouse.metadata import table_definition_metadata
@@ -81,6 +83,7 @@ from onboarding_pipeline.warehouse.tables import (
     RAW_USERS,
     SESSIONS,
     STALLED_USERS,
+    STEP_EXPERIMENTS,
 )
 
 GROUP = "engagement"
@@ -630,6 +633,78 @@ def intervention_effectiveness(
     )
 
 
+def steps_done_in_follow_up(
+    warehouse: WarehouseResource, outcomes: pd.DataFrame, step_events: dict[str, list[str]]
+) -> pd.Series:
+    """Per assigned user (index of `outcomes`): whether they did their target step's event
+    between their assignment and the end of their follow-up. Joined in the warehouse."""
+    wanted = outcomes[outcomes.final.astype(bool) & outcomes.target_step.notna()]
+    pairs = [
+        (user, event, start, end)
+        for user, step, start, end in zip(
+            wanted.user_id, wanted.target_step, wanted.queued_at, wanted.follow_up_end, strict=True
+        )
+        for event in step_events.get(step, [])
+    ]
+    done = pd.Series(False, index=outcomes.index)
+    if not pairs:
+        return done
+    windows = ibis.memtable(
+        pd.DataFrame(pairs, columns=["_user", "_event", "_start", "_end"]).astype(
+            {"_start": "datetime64[us, UTC]", "_end": "datetime64[us, UTC]"}
+        )
+    )
+    events = warehouse.table(RAW_EVENTS.name)
+    hits = events.join(
+        windows,
+        (events.user_id == windows._user)
+        & (events.event_name == windows._event)
+        & (events.timestamp >= windows._start)
+        & (events.timestamp <= windows._end),
+    )
+    users = set(warehouse.execute(hits.select("user_id").distinct()).user_id)
+    return outcomes.user_id.isin(users)
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"numpy", "table"},
+    deps=[intervention_effectiveness, RAW_EVENTS.name],
+    metadata=table_definition_metadata(STEP_EXPERIMENTS),
+)
+def step_experiments(
+    warehouse: WarehouseResource, product_config: ProductConfigResource
+) -> MaterializeResult:
+    """For each milestone the nudges pushed toward, the causal effect of doing it on
+    activation: the randomized holdout as an instrument (ITT on activation over ITT on the
+    step), at the effectiveness follow-up. A step whose interval lies above zero is
+    `experiment` evidence; the weekly report marks the critical-path driver with its event."""
+    config = product_config.load()
+    outcomes = assignment_outcomes(warehouse, config, engagement_now(warehouse, config))
+    step_events: dict[str, list[str]] = {}
+    for path in engagement_paths(warehouse, config).paths.values():
+        for milestone in path.milestones:
+            step_events.setdefault(milestone.name, list(milestone.events))
+    if len(outcomes) and "target_step" in outcomes:
+        outcomes = outcomes.assign(
+            did_step=steps_done_in_follow_up(warehouse, outcomes, step_events)
+        )
+    table = estimate_step_effects(outcomes, step_events, config.interventions.min_subgroup_users)
+    warehouse.replace_all(STEP_EXPERIMENTS.name, table_to_arrow(table, STEP_EXPERIMENTS.schema))
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": len(table),
+            "confirmed_steps": MetadataValue.json(
+                sorted(table.step[table.evidence == "experiment"])
+            ),
+            "steps": markdown(
+                table.round(4),
+                "_not enough data yet: no nudged user's follow-up is over_",
+            ),
+        }
+    )
+
+
 @asset(
     group_name=GROUP,
     kinds={"anthropic", "table"},
@@ -728,6 +803,7 @@ ENGAGEMENT_ASSETS = [
     stalled_users,
     intervention_queue,
     intervention_effectiveness,
+    step_experiments,
     nudges,
 ]
 

@@ -76,6 +76,8 @@ SCHEME_URL = re.compile(
 _LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
 HOST = re.compile(rf"(?<![\w.-])(?:{_LABEL}\.)+[^\W\d_]{{2,63}}(?![\w-])")
 IP_ADDRESS = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])")
+# Any dotted name with a punycode label, wherever the label is (`acme.xn--p1ai`).
+PUNYCODE_NAME = re.compile(r"(?<![\w.-])(?:[\w-]+\.)*xn--[\w-]+(?:\.[\w-]+)*", re.I)
 # A bare domain as `allowed_domains` takes it: ASCII (punycode for IDNs), at least one dot.
 DOMAIN = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}$")
 PLACEHOLDER = re.compile(
@@ -85,20 +87,37 @@ PLACEHOLDER = re.compile(
     r"|\bTODO\b|(?i:\blorem ipsum\b)"
 )
 # What a nudge never asks for. A term that is part of the next step itself (`set password`)
-# is allowed, so a message about that step can name it.
+# is allowed, so a message about that step can name it. Matched on the checked form of the
+# text (NFKC, every dash a hyphen-minus). Case-insensitive except `PIN`: "pin your dashboard"
+# is a product feature, "your PIN" is not.
 SENSITIVE = (
-    (re.compile(r"\bpass(?:word|code|phrase)s?\b|\bpin (?:code|number)\b", re.I), "a password"),
     (
         re.compile(
-            r"\b(?:credit|debit|bank|payment) ?cards?\b|\bcard (?:number|details|info\w*)"
-            r"|\bcv[cv]2?\b|\bsecurity code\b|\bexpir(?:y|ation) date\b",
+            r"(?i:\bpass(?:word|wd|code|phrase)s?\b|\bpwd\b|\bpin (?:code|number)s?\b"
+            r"|\b(?:your|\d+[- ]digits?|four[- ]digits?|six[- ]digits?) pin\b)|\bPINs?\b"
+        ),
+        "a password or PIN",
+    ),
+    (
+        re.compile(
+            r"\b(?:credit|debit|bank|payment) ?cards?\b"
+            r"|\bcard ?(?:numbers?|details|info\w*|digits|data)\b"
+            r"|\b(?:visa|master ?card|amex|american express|maestro|discover)(?: card)?"
+            r" (?:numbers?|digits|details)\b"
+            r"|\bdigits (?:on|of|from) (?:the (?:front|back) of )?(?:your|the)\b"
+            r"|\bnumbers? (?:on|of|from) (?:the (?:front|back) of )?(?:your|the)"
+            r" (?:card|visa|master ?card|amex)\b"
+            r"|\bcv[cv]2?\b|\bcvn\b|\bcard verification\b|\bsecurity code\b"
+            r"|\bexp(?:iry|iration)?\.? dates?\b|\bvalid (?:thru|through)\b",
             re.I,
         ),
         "card details",
     ),
     (
         re.compile(
-            r"\bcredentials?\b|\blog ?in details\b|\bsign[- ]?in details\b|\bapi[ _-]?keys?\b"
+            r"\bcredentials?\b"
+            r"|\b(?:log ?in|sign[- ]?in|sign[- ]?on) (?:details|info(?:rmation)?|data|name)\b"
+            r"|\bapi[ _-]?keys?\b"
             r"|\b(?:secret|private|access) keys?\b|\bclient secret\b"
             r"|\b(?:access|api|auth|bearer) tokens?\b",
             re.I,
@@ -107,7 +126,10 @@ SENSITIVE = (
     ),
     (
         re.compile(
-            r"\b(?:one[- ]time|verification|2fa|mfa|security|login) (?:code|password)s?\b", re.I
+            r"\b(?:one[- ]?time|verification|2fa|mfa|security|log[- ]?in|sign[- ]?in|access"
+            r"|confirmation|auth(?:entication)?) (?:code|password|number)s?\b"
+            r"|\botps?\b|\b\d+[- ]digit codes?\b",
+            re.I,
         ),
         "a one-time code",
     ),
@@ -120,6 +142,25 @@ SENSITIVE = (
         "bank or identity numbers",
     ),
 )
+# A phone number as people write one: digits with the usual separators (+44 20 7946 0958,
+# (555) 010-9999, 555.010.9999, 0049-30-1234567), 7 to 15 digits (E.164 allows 15). A nudge
+# never asks anyone to call or text a number, so any phone-shaped run is refused; dates
+# (2026-11-01, 01/11/2026) and year ranges (2025-2026) are not phone numbers.
+PHONE = re.compile(r"(?<![\w.+-])(?:\+ ?)?\(?\d(?:[\d ()./-]*\d)?(?![\w])")
+NOT_A_PHONE = re.compile(
+    r"\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{1,2}[./-]\d{1,2}[./-](?:\d{4}|\d{2})"
+    r"|(?:19|20)\d\d ?[-/] ?(?:19|20)\d\d"
+)
+# Short codes and vanity numbers: "text START to 12345", "WhatsApp +4915...", "call
+# 1-800-FLOWERS". Keyword and vanity letters in capitals: "add text to 250 charts" and
+# "800 users" are not phone numbers.
+PHONE_WORDS = re.compile(
+    r"(?i:\b(?:text|sms)\b) [A-Z][A-Z0-9]+ (?i:to) \d{3,6}\b"
+    r"|(?i:\b(?:dial|whatsapp)\b)\W+\+?\d{3,}"
+    r"|\b(?:1[-. ])?8(?:00|33|44|55|66|77|88)[-. ][A-Z]{3,}(?:[-. ]?[A-Z0-9]+)*\b"
+)
+# Every dash and hyphen a pattern should see as "-" (e.g. "one-time" written with U+2011).
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043", "-"))
 # Phrases a nudge has no reason to contain; seeing one means the model talked about its prompt.
 LEAK_MARKERS = (
     "recipient_data",
@@ -366,13 +407,20 @@ def _ascii_host(host: str) -> str | None:
 
 def _allowed(host: str, allowed_domains: Sequence[str]) -> bool:
     ascii_host = _ascii_host(host)
-    return ascii_host is not None and any(
+    if ascii_host is None:
+        return False
+    if any(label.startswith("xn--") for label in ascii_host.split(".")):
+        # A punycode label (written so, or a non-ASCII look-alike letter) is where a look-alike
+        # hides, also under an allowed domain: only an allowed domain that is one passes.
+        return ascii_host in allowed_domains
+    return any(
         ascii_host == domain or ascii_host.endswith("." + domain) for domain in allowed_domains
     )
 
 
 def unallowed_link(text: str, allowed_domains: Sequence[str] = ()) -> str | None:
-    """The first URL, domain name or IP address in `text` outside `allowed_domains`."""
+    """The first URL, domain name or IP address in `text` outside `allowed_domains`. A name
+    with a punycode (`xn--`) label passes only when it is exactly an allowed domain."""
     for match in SCHEME_URL.finditer(text):
         url = match.group()
         scheme, _, rest = url.partition(":")
@@ -388,8 +436,24 @@ def unallowed_link(text: str, allowed_domains: Sequence[str] = ()) -> str | None
     for match in HOST.finditer(text):
         if not _allowed(match.group(), allowed_domains):
             return match.group()
+    for match in PUNYCODE_NAME.finditer(text):
+        # HOST wants a letters-only top-level label; `acme.xn--p1ai` has a punycode one.
+        if not _allowed(match.group(), allowed_domains):
+            return match.group()
     ip = IP_ADDRESS.search(text)
     return ip.group() if ip else None
+
+
+def phone_number(text: str) -> str | None:
+    """The first phone number in `text` (digits shaped like one, a short code to text, a
+    vanity toll-free number), or None."""
+    for match in PHONE.finditer(text):
+        candidate = match.group().strip()
+        digits = sum(char.isdigit() for char in candidate)
+        if 7 <= digits <= 15 and not NOT_A_PHONE.fullmatch(candidate):
+            return candidate
+    words = PHONE_WORDS.search(text)
+    return words.group() if words else None
 
 
 def sensitive_request(text: str, next_step: str = "") -> str | None:
@@ -417,12 +481,13 @@ def check_message(
 
     The rules read the NFKC form (full-width letters and look-alike dots folded to ASCII), and
     invisible format characters (zero-width spaces, bidi overrides) are refused outright: both
-    are ways to write a link or the word "password" that a pattern would not see."""
+    are ways to write a link or the word "password" that a pattern would not see. Every dash
+    reads as "-" ("one-time code" written with a non-breaking hyphen, U+2011)."""
     if not text.strip():
         return "empty message"
     if any(unicodedata.category(char) == "Cf" for char in text):
         return "contains invisible format characters (zero-width or bidirectional controls)"
-    text = unicodedata.normalize("NFKC", text).replace("\u3002", ".")
+    text = unicodedata.normalize("NFKC", text).replace("\u3002", ".").translate(_DASHES)
     if len(text.split()) > max_words:
         return f"over the word limit ({len(text.split())} > {max_words} words)"
     if len(text) > max_words * MAX_CHARACTERS_PER_WORD:
@@ -433,6 +498,9 @@ def check_message(
     link = unallowed_link(text, allowed_domains)
     if link:
         return f"contains a link outside allowed_domains ({link[:80]})"
+    phone = phone_number(text)
+    if phone:
+        return f"contains a phone number ({phone[:40]}): a nudge never asks anyone to call or text"
     secret = sensitive_request(text, next_step)
     if secret:
         return f"mentions {secret} (a nudge never asks for passwords, cards or credentials)"

@@ -33,6 +33,7 @@ QUEUE_COLUMNS = [
     "user_id",
     "path",
     "next_action",
+    "target_step",
     "intervention_type",
     "channel",
     "owner",
@@ -180,6 +181,9 @@ def build_queue(
     wanted = wanted.copy()
     fixes = wanted.failure_label.map(lambda label: rules.fix_for(label) if label else None)
     wanted["next_action"] = fixes.fillna(wanted.current_step_label).fillna(final_action)
+    # The milestone the action pushes toward (a fix unblocks it too): what the experiment can
+    # prove a step's effect on (`step_experiments`).
+    wanted["target_step"] = wanted.current_step if "current_step" in wanted else None
 
     escalation_step, keep = ladder_position(wanted, history, rules, today)
     wanted["escalation_step"] = escalation_step

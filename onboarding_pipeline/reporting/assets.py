@@ -52,6 +52,7 @@ REPORT_INPUTS = (
     "health_scores",
     "intervention_queue",
     "intervention_effectiveness",
+    "step_experiments",
 )
 
 
@@ -70,7 +71,8 @@ class DeliveryConfig(Config):
     """Run config of `report_deliveries`."""
 
     # Send again to recipients whose ledger row says `sent` (e.g. after fixing the report),
-    # and deliver a week that is not the current one (a backfill).
+    # and deliver a week that is not the current one (a backfill). Once per run: the step and
+    # run retries of a forced run do not send again what its first attempt sent.
     force: bool = False
 
 
@@ -209,7 +211,8 @@ def build_reporting_assets(
         week that just ended; a backfill of an older week renders but sends nothing (unless
         run config says `force: true`). The ledger `report_deliveries` keeps one row per
         (week, channel, recipient): `sending` is recorded before a message leaves, `sent` once
-        the service accepted it, and a sent row is not sent again unless `force: true`.
+        the service accepted it, and a sent row is not sent again unless `force: true` (once
+        per run: the step and run retries of a forced run do not resend what it sent).
         Without credentials (SLACK_BOT_TOKEN, SMTP_HOST, NOTION_TOKEN) the exact messages go
         to `<output>/outbox/<week>/`. A failed channel does not stop the others; the asset
         then fails, naming it, and the next run retries just what is missing."""
@@ -238,14 +241,16 @@ def build_reporting_assets(
             notion=notion,
             outbox_root=outputs.folder("outbox"),
             force=config.force,
+            # The root run: a run retry (or re-execution) of a forced run is the same delivery.
+            run_id=context.run.root_run_id or context.run_id,
             log=context.log.warning,
         )
         for line in delivery_lines(result.sent, result.outbox, result.skipped):
             context.log.info(line)
         if result.recovered:
             context.log.info(
-                "found delivered by an interrupted earlier attempt, not sent again: "
-                + ", ".join(result.recovered)
+                "found delivered by an interrupted earlier attempt (already sent, not sent "
+                "again): " + ", ".join(result.recovered)
             )
         metadata: dict[str, Any] = {
             "sent": MetadataValue.json(result.sent),
@@ -321,9 +326,37 @@ def watermark_week(partitions: object, span: tuple[str, str] | None) -> str | No
     return min(max(monday, keys[0]), keys[-1])
 
 
-def report_run_lines(output_dir: Path, warehouse: WarehouseResource, week: str) -> list[str]:
+DELIVERY_OUTCOMES = ("sent", "already_sent", "outbox", "failed", "recovered")
+
+
+def delivery_outcome(result: Any) -> dict[str, list[str]] | None:
+    """What the `report_deliveries` step of a run did (its metadata lists: `sent`,
+    `already_sent`, `outbox`, `failed`, `recovered`), from the run's result
+    (`execute_in_process`); None when the step did not materialize in it."""
+    for event in result.get_asset_materialization_events():
+        materialization = event.materialization
+        if materialization.asset_key != AssetKey("report_deliveries"):
+            continue
+        metadata = materialization.metadata
+        return {
+            name: list(metadata[name].value) if name in metadata else []
+            for name in DELIVERY_OUTCOMES
+        }
+    return None
+
+
+def report_run_lines(
+    output_dir: Path,
+    warehouse: WarehouseResource,
+    week: str,
+    delivery: dict[str, list[str]] | None = None,
+) -> list[str]:
     """Summary lines of `onboarding-pipeline run`: the report files, what would unlock the
-    model sections when no model is accepted, and where deliveries went."""
+    model sections when no model is accepted, and where deliveries went.
+
+    `delivery` (`delivery_outcome` of this run) tells the ledger's `sent` rows this run sent
+    from those it found already sent (by an earlier or a concurrent run); without it every
+    `sent` row reads "sent"."""
     folder = output_dir / "reports" / week
     html = folder / "report.html"
     unlock = model_run_lines(output_dir / "models")
@@ -344,6 +377,18 @@ def report_run_lines(output_dir: Path, warehouse: WarehouseResource, week: str) 
             if note
             else "  deliveries:         none recorded (no recipients or channel configured)"
         )
+        return lines
+    if delivery is not None:
+        # `sent` in the ledger but not by this run: an earlier or a concurrent run sent it.
+        sent_now = set(delivery.get("sent", []))
+        rows["status"] = [
+            "already sent"
+            if status == "sent" and f"{channel}:{recipient}" not in sent_now
+            else status
+            for channel, recipient, status in zip(
+                rows.channel, rows.recipient, rows.status, strict=True
+            )
+        ]
     for (channel, status), group in rows.groupby(["channel", "status"]):
         # One file per email recipient: name their folder.
         files = sorted({str(path) for path in group.outbox_path.dropna()})
@@ -351,6 +396,7 @@ def report_run_lines(output_dir: Path, warehouse: WarehouseResource, week: str) 
         where = {
             "outbox": f"written to the outbox {shown} (no credentials)",
             "sent": "sent",
+            "already sent": "already sent (by an earlier or concurrent run), not sent again",
             "failed": "FAILED, retried on the next run",
             "posted": "text posted, charts not uploaded; retried on the next run",
             "sending": "interrupted, outcome unknown; checked before any resend on the next run",

@@ -10,19 +10,27 @@ created since; email cannot be looked up, so it goes again with the same Message
 systems that keep one message per Message-ID show it once). A service that answered "no"
 leaves `failed`, tried again on the next run, like `outbox`; `sent` is never sent again
 unless forced. Each channel is delivered on its own: a Slack failure does not stop email.
-Without credentials the exact message is written to the outbox folder instead."""
+Without credentials the exact message is written to the outbox folder instead.
+
+Every key carries the deployment's id (a random value kept in the warehouse, table
+`deployment`), so two deployments posting the same week to one channel never take each
+other's message for their own. A forced delivery's keys also carry the Dagster run it belongs
+to (the root run: a run retry is the same run): the step retries of one forced run are one
+delivery, and a new forced run is a new message."""
 
 from __future__ import annotations
 
 import json
 import re
 import smtplib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import ibis
 import pandas as pd
 import pyarrow as pa
 from notion_client import APIResponseError
@@ -45,8 +53,8 @@ from onboarding_pipeline.reporting.report import (
     render_markdown,
 )
 from onboarding_pipeline.reporting.slack import SlackResource
-from onboarding_pipeline.warehouse import WarehouseResource
-from onboarding_pipeline.warehouse.tables import REPORT_DELIVERIES
+from onboarding_pipeline.warehouse import TableSpec, WarehouseResource
+from onboarding_pipeline.warehouse.tables import REPORT_DELIVERIES, UTC_TIMESTAMP
 
 SENT, OUTBOX, FAILED, POSTED, SENDING = "sent", "outbox", "failed", "posted", "sending"
 _MAX_ERROR_CHARS = 500
@@ -54,6 +62,56 @@ _MAX_ERROR_CHARS = 500
 SLACK_METADATA_EVENT = "onboarding_weekly_report"
 # How far before the recorded intent a rerun searches (clocks of this host and the service).
 _CLOCK_SKEW = timedelta(minutes=10)
+
+DEPLOYMENT = TableSpec(
+    "deployment",
+    ibis.schema({"deployment_id": "!string", "created_at": UTC_TIMESTAMP.copy(nullable=False)}),
+    "This warehouse's deployment id (random, made on the first delivery to a service): part of "
+    "every delivery key, so deployments sharing a channel never mistake each other's messages.",
+)
+
+
+def deployment_id(warehouse: WarehouseResource) -> str:
+    """The id of the deployment that `warehouse` (and its ledger) belongs to: read from table
+    `deployment`, made (uuid4) on first use under the warehouse's write lock, so concurrent
+    first runs agree on one. A random value, not derived from the URL: two installs with the
+    same URL on different machines (`postgresql://postgres:5432/...` in two containers) are
+    still told apart, and nothing of the URL or its credentials is in it."""
+    warehouse.connect()  # creates the schema and the declared tables
+    with warehouse.transaction():
+        warehouse.ensure_table(DEPLOYMENT)
+        table = warehouse.table(DEPLOYMENT.name)
+        existing = warehouse.execute(table.deployment_id.min())
+        if isinstance(existing, str) and existing:
+            return existing
+        new = uuid.uuid4().hex
+        row = pa.Table.from_pydict(
+            {"deployment_id": [new], "created_at": [datetime.now(UTC)]},
+            schema=DEPLOYMENT.schema.to_pyarrow(),
+        )
+        warehouse.replace_all(DEPLOYMENT.name, row)
+        return new
+
+
+class MessageKeys:
+    """What makes this run's messages its own: the deployment and, when forced, the run."""
+
+    def __init__(self, warehouse: WarehouseResource, force: bool, run_id: str | None) -> None:
+        self._warehouse = warehouse
+        self._deployment: str | None = None
+        # A forced delivery outside Dagster (no run id) is a run of its own.
+        self.forced_run = (run_id or uuid.uuid4().hex) if force else None
+
+    @property
+    def forced(self) -> bool:
+        return self.forced_run is not None
+
+    @property
+    def deployment(self) -> str:
+        """Read (or made) once, on the first message that goes to a service."""
+        if self._deployment is None:
+            self._deployment = deployment_id(self._warehouse)
+        return self._deployment
 
 
 @dataclass
@@ -63,7 +121,9 @@ class DeliveryResult:
     rows: pd.DataFrame  # the week's ledger after the run
     sent: list[str] = field(default_factory=list)  # "email:a@x", "slack:#c", "notion:<db>"
     outbox: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # already sent
+    # Already sent: the ledger said `sent`, or an earlier, interrupted attempt's message was
+    # found at the service (those are in `recovered` too). Nothing of them sent by this run.
+    skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     outbox_files: list[Path] = field(default_factory=list)
     # Found already delivered by an earlier, interrupted attempt: recorded, not sent again.
@@ -135,26 +195,44 @@ class Ledger:
         return pd.DataFrame(list(self.rows.values()))
 
 
-def _due(ledger: Ledger, channel: str, recipient: str, force: bool) -> bool:
-    row = ledger.get(channel, recipient)
-    return force or row is None or row["status"] != SENT
+def _status(row: dict[str, Any] | None) -> str | None:
+    return None if row is None else str(row["status"])
 
 
-def idempotency_key(row: dict[str, Any] | None, fresh: Callable[[int], str]) -> str:
-    """The key of the message a delivery sends: the earlier attempt's while it is not known
-    to be sent (a retry is the same message), a new one for a forced resend of a sent one
-    (`fresh(generation)`, generation = attempts so far)."""
-    if row is None:
-        return fresh(0)
-    if row["status"] in (SENT, POSTED):
-        return fresh(int(row.get("attempts") or 0))
-    return str(row.get("idempotency_key") or fresh(0))
+def idempotency_key(row: dict[str, Any] | None, fresh: Callable[[], str], forced: bool) -> str:
+    """The key of the message a delivery sends: a forced run's own (`fresh()` carries the
+    run); otherwise the earlier attempt's while the row is not known to be sent (a retry is the
+    same message, whatever key format the row was written with), `fresh()` for a new row."""
+    if forced or row is None or not row.get("idempotency_key"):
+        return fresh()
+    return str(row["idempotency_key"])
 
 
-def report_key(week: str, channel: str, target: str, generation: int) -> str:
-    """The idempotency key of a week's report on a channel (a forced resend adds its
-    generation)."""
-    return f"onboarding-report:{week}:{channel}:{target}" + (f":{generation}" if generation else "")
+def _earlier(row: dict[str, Any] | None, key: str, forced: bool) -> dict[str, Any] | None:
+    """The ledger row as far as message `key` is concerned. A forced run's message is not
+    the one an earlier run sent: None, unless the row already holds this run's key (a step
+    retry of the same forced run, which carries on from where its first attempt stopped)."""
+    if forced and (row is None or row.get("idempotency_key") != key):
+        return None
+    return row
+
+
+def _due(row: dict[str, Any] | None, key: str, forced: bool) -> bool:
+    return _status(_earlier(row, key, forced)) != SENT
+
+
+def _outbox_due(row: dict[str, Any] | None, forced: bool) -> bool:
+    # The outbox is rewritten, never sent: a forced run (or its retry) just writes it again.
+    return forced or _status(row) != SENT
+
+
+def report_key(
+    week: str, channel: str, target: str, deployment: str, forced_run: str | None = None
+) -> str:
+    """The idempotency key of a week's report on a channel of one deployment; a forced
+    delivery adds its run. (Rows written before the deployment id keep their older keys.)"""
+    key = f"onboarding-report:{deployment}:{week}:{channel}:{target}"
+    return key + (f":forced:{forced_run}" if forced_run else "")
 
 
 def _attempts(row: dict[str, Any] | None) -> int:
@@ -283,26 +361,20 @@ def deliver_email(
     settings: ReportSettings,
     email: EmailResource,
     outbox: Path,
-    force: bool,
+    keys: MessageKeys,
 ) -> None:
     """One message per recipient (To: that address only), each with its ledger row."""
-    due = [r for r in settings.recipients if _due(ledger, "email", r, force)]
-    result.skipped += [f"email:{r}" for r in settings.recipients if r not in due]
-    if not due:
-        return
-
-    def message_for(recipient: str) -> tuple[Any, str]:
-        key = idempotency_key(
-            ledger.get("email", recipient),
-            lambda generation: report_message_id(data.week, recipient, email.sender, generation),
-        )
-        return email_message(data, charts, email.sender, recipient, key), key
-
     if not email.configured:
+        due = [r for r in settings.recipients if _outbox_due(ledger.get("email", r), keys.forced)]
+        result.skipped += [f"email:{r}" for r in settings.recipients if r not in due]
+        if not due:
+            return
         folder = outbox / "email"
         folder.mkdir(parents=True, exist_ok=True)
         for recipient in due:
-            message, _ = message_for(recipient)
+            # Written, not sent: nothing to tell apart from another deployment's message.
+            message_id = report_message_id(data.week, recipient, email.sender)
+            message = email_message(data, charts, email.sender, recipient, message_id)
             path = folder / f"{_file_name(recipient)}.eml"
             path.write_bytes(bytes(message))
             result.outbox_files.append(path)
@@ -310,12 +382,30 @@ def deliver_email(
             result.outbox.append(f"email:{recipient}")
         ledger.save()
         return
+
+    def key_for(recipient: str) -> str:
+        return idempotency_key(
+            ledger.get("email", recipient),
+            lambda: report_message_id(
+                data.week, recipient, email.sender, keys.deployment, keys.forced_run
+            ),
+            keys.forced,
+        )
+
+    message_ids = {recipient: key_for(recipient) for recipient in settings.recipients}
+    due = [
+        r for r in settings.recipients if _due(ledger.get("email", r), message_ids[r], keys.forced)
+    ]
+    result.skipped += [f"email:{r}" for r in settings.recipients if r not in due]
+    if not due:
+        return
     pending = list(due)
     try:
         with email.connection() as smtp:
             while pending:
                 recipient = pending[0]
-                message, key = message_for(recipient)
+                key = message_ids[recipient]
+                message = email_message(data, charts, email.sender, recipient, key)
                 ledger.intend("email", recipient, key, _attempts(ledger.get("email", recipient)))
                 try:
                     smtp.send(message, recipient)
@@ -391,16 +481,17 @@ def deliver_slack(
     channel: str,
     client: WebClient | None,
     outbox: Path,
-    force: bool,
+    keys: MessageKeys,
 ) -> None:
     if not channel:
         return
     name = f"slack:{channel}"
-    if not _due(ledger, "slack", channel, force):
-        result.skipped.append(name)
-        return
-    text, blocks = slack_blocks(data)
+    row = ledger.get("slack", channel)
     if client is None:
+        if not _outbox_due(row, keys.forced):
+            result.skipped.append(name)
+            return
+        text, blocks = slack_blocks(data)
         path = outbox / "slack.json"
         payload = {
             "chat.postMessage": {"channel": channel, "text": text, "blocks": blocks},
@@ -415,31 +506,37 @@ def deliver_slack(
         result.outbox.append(name)
         ledger.save()
         return
-    row = ledger.get("slack", channel)
-    status = (row or {}).get("status")
+    key = idempotency_key(
+        row,
+        lambda: report_key(data.week, "slack", channel, keys.deployment, keys.forced_run),
+        keys.forced,
+    )
+    if not _due(row, key, keys.forced):
+        result.skipped.append(name)
+        return
+    text, blocks = slack_blocks(data)
+    earlier = _earlier(row, key, keys.forced)
+    status = _status(earlier)
     attempts = _attempts(row)
     step = "check"
+    recovered = False
     try:
         posted: tuple[str, str] | None = None
-        if status == POSTED and (row or {}).get("provider_id") and not force:
-            # The text went out on an earlier run; only the charts may be missing.
-            channel_id, ts = str((row or {})["provider_id"]).split("/", 1)
+        if status == POSTED and (earlier or {}).get("provider_id"):
+            # The text went out on an earlier attempt; only the charts may be missing.
+            channel_id, ts = str((earlier or {})["provider_id"]).split("/", 1)
             posted = (channel_id, ts)
         elif status == SENDING:
             # The last attempt may have posted before it died: look before posting again.
-            posted = find_slack_post(
-                client, channel, str((row or {}).get("idempotency_key")), _since(row)
-            )
+            posted = find_slack_post(client, channel, key, _since(earlier))
             if posted is not None:
                 ledger.update(
                     "slack", channel, status=POSTED, provider_id="/".join(posted), last_error=None
                 )
                 ledger.save()
                 result.recovered.append(name)
+                recovered = True
         if posted is None:
-            key = idempotency_key(
-                row, lambda generation: report_key(data.week, "slack", channel, generation)
-            )
             ledger.intend("slack", channel, key, attempts)
             step = "post"
             response = client.chat_postMessage(
@@ -454,10 +551,10 @@ def deliver_slack(
             posted = (str(response["channel"]), str(response["ts"]))
             ledger.update("slack", channel, status=POSTED, provider_id="/".join(posted))
             ledger.save()  # a crash from here on must not post the text twice
-            row = None  # a new message: its thread is empty
+            earlier = None  # a new message: its thread is empty
         step = "upload"
         channel_id, ts = posted
-        present = _charts_in_thread(client, channel_id, ts) if charts and row else set()
+        present = _charts_in_thread(client, channel_id, ts) if charts and earlier else set()
         missing = {chart: png for chart, png in charts.items() if f"{chart}.png" not in present}
         if missing:
             client.files_upload_v2(
@@ -480,7 +577,12 @@ def deliver_slack(
         result.failed[name] = str(ledger.get("slack", channel)["last_error"])  # type: ignore[index]
     else:
         ledger.update("slack", channel, status=SENT, attempts=attempts, last_error=None)
-        result.sent.append(name)
+        if recovered:
+            # Posted by an interrupted earlier attempt, found in the channel's history (its
+            # missing charts uploaded now): already sent, not sent by this run.
+            result.skipped.append(name)
+        else:
+            result.sent.append(name)
     ledger.save()
 
 
@@ -491,16 +593,17 @@ def deliver_notion(
     database_id: str | None,
     client: NotionClient | None,
     outbox: Path,
-    force: bool,
+    keys: MessageKeys,
 ) -> None:
     """The week's page in the Notion database, once (the same ledger and `sending` check)."""
     if not database_id:
         return
     name = f"notion:{database_id}"
-    if not _due(ledger, "notion", database_id, force):
-        result.skipped.append(name)
-        return
+    row = ledger.get("notion", database_id)
     if client is None:
+        if not _outbox_due(row, keys.forced):
+            result.skipped.append(name)
+            return
         path = outbox / "notion.json"
         payload = notion_pages.page_payload(data, "<data source of the database>", "title")
         payload["parent"] = {"database_id": notion_pages.database_of(database_id)}
@@ -512,21 +615,30 @@ def deliver_notion(
         result.outbox.append(name)
         ledger.save()
         return
-    row = ledger.get("notion", database_id)
+    key = idempotency_key(
+        row,
+        lambda: report_key(data.week, "notion", database_id, keys.deployment, keys.forced_run),
+        keys.forced,
+    )
+    if not _due(row, key, keys.forced):
+        result.skipped.append(name)
+        return
+    earlier = _earlier(row, key, keys.forced)
     attempts = _attempts(row)
     step = "check"
+    recovered = False
     try:
         source_id, title_property = notion_pages.data_source_of(client, database_id)
         title = notion_pages.page_title(data)
         page_id = None
-        if (row or {}).get("status") == SENDING:
-            page_id = notion_pages.find_page(client, source_id, title_property, title, _since(row))
+        if _status(earlier) == SENDING:
+            page_id = notion_pages.find_page(
+                client, source_id, title_property, title, _since(earlier)
+            )
             if page_id is not None:
                 result.recovered.append(name)
+                recovered = True
         if page_id is None:
-            key = idempotency_key(
-                row, lambda generation: report_key(data.week, "notion", database_id, generation)
-            )
             ledger.intend("notion", database_id, key, attempts)
             step = "create"
             page_id = notion_pages.create_page(
@@ -548,7 +660,8 @@ def deliver_notion(
             last_error=None,
             outbox_path=None,
         )
-        result.sent.append(name)
+        # A page an interrupted attempt created is already sent, not sent by this run.
+        (result.skipped if recovered else result.sent).append(name)
     ledger.save()
 
 
@@ -563,23 +676,27 @@ def deliver_report(
     notion: NotionResource | None = None,
     outbox_root: Path,
     force: bool = False,
+    run_id: str | None = None,
     log: Callable[[str], None] = print,
 ) -> DeliveryResult:
     """Send the report of `data.week` over every configured channel that still needs it.
 
     The whole delivery holds the week's lock: a concurrent run waits, then finds the
-    ledger's `sent` rows and sends nothing twice."""
+    ledger's `sent` rows and sends nothing twice. `force`: send again what is `sent`, once
+    per `run_id` (the Dagster run; a retry of that run sends nothing its earlier attempts
+    sent; without a run id every call is a run of its own)."""
     outbox = outbox_root / data.week
     outbox.mkdir(parents=True, exist_ok=True)
     notion = notion or NotionResource()
     database_id = settings.notion_database_id or notion.database_id
     result = DeliveryResult(rows=pd.DataFrame())
+    keys = MessageKeys(warehouse, force, run_id)
     with warehouse.exclusive(f"deliveries:{data.week}"):
         ledger = Ledger(warehouse, data.week)
         for name, deliver in (
             (
                 "email",
-                lambda: deliver_email(ledger, result, data, charts, settings, email, outbox, force),
+                lambda: deliver_email(ledger, result, data, charts, settings, email, outbox, keys),
             ),
             (
                 "slack",
@@ -591,13 +708,13 @@ def deliver_report(
                     settings.slack_channel,
                     slack.client(),
                     outbox,
-                    force,
+                    keys,
                 ),
             ),
             (
                 "notion",
                 lambda: deliver_notion(
-                    ledger, result, data, database_id, notion.client(), outbox, force
+                    ledger, result, data, database_id, notion.client(), outbox, keys
                 ),
             ),
         ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import smtplib
 import ssl
 from collections.abc import Iterator
@@ -129,14 +130,29 @@ def email_resource_from_env() -> EmailResource:
     return EmailResource(**settings)  # type: ignore[arg-type]
 
 
-def report_message_id(week: str, recipient: str, sender: str, generation: int = 0) -> str:
-    """The Message-ID of week `week`'s report to `recipient`: the same on every attempt, so a
-    copy sent again after a crash has the Message-ID of the first (mail systems that keep one
-    message per Message-ID show it once). A forced resend (`generation` > 0) is a new message."""
+def report_message_id(
+    week: str,
+    recipient: str,
+    sender: str,
+    deployment: str | None = None,
+    forced_run: str | None = None,
+) -> str:
+    """The Message-ID of week `week`'s report to `recipient` from one deployment: the same on
+    every attempt, so a copy sent again after a crash has the Message-ID of the first (mail
+    systems that keep one message per Message-ID show it once). `deployment` tells this
+    install's message from another's for the same week and address; a forced resend
+    (`forced_run`: the run it belongs to) is a new message. Without a deployment (the outbox,
+    rows written by older versions) the ID is the week and recipient alone."""
     digest = hashlib.sha256(recipient.strip().lower().encode()).hexdigest()[:16]
     domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
-    suffix = f".{generation}" if generation else ""
-    return f"<onboarding-report.{week}.{digest}{suffix}@{domain}>"
+    parts = [f"onboarding-report.{week}.{digest}"]
+    parts += [_id_atom(part) for part in (deployment, forced_run) if part]
+    return f"<{'.'.join(parts)}@{domain}>"
+
+
+def _id_atom(value: str) -> str:
+    """`value` as a dot-atom part of a Message-ID (run ids are uuids; anything else is made so)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", value)
 
 
 def build_email(

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from onboarding_pipeline.activation.model import ModelStore
 from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.engagement.scoring import model_unlock_reason, scoring_mode
+from onboarding_pipeline.engagement.step_effects import confirmed_events
 from onboarding_pipeline.warehouse import WarehouseResource
 
 NOT_ENOUGH_DATA = "Not enough data yet"
@@ -36,6 +38,18 @@ LOWER_IS_BETTER = {"median_hours_to_value", "p75_hours_to_value"}
 # Tables of the engagement domain; the report reads them when they exist.
 ENGAGEMENT_TABLES = ("stalled_users", "health_scores", "intervention_queue")
 EFFECTIVENESS_TABLE = "intervention_effectiveness"
+STEP_EXPERIMENT_SHOWN = [
+    "step",
+    "step_events",
+    "treated_users",
+    "holdout_users",
+    "step_itt",
+    "step_effect",
+    "ci_low",
+    "ci_high",
+    "evidence",
+    "note",
+]
 
 
 @dataclass
@@ -63,6 +77,7 @@ class ReportData:
     queue: dict[str, Any] | None = None
     effectiveness: list[dict[str, Any]] | None = None
     follow_up_days: float | None = None  # the effectiveness outcome's follow-up
+    step_experiments: list[dict[str, Any]] | None = None  # steps tested by the holdout
     # Set when users still onboarding have no activation probability: how they were judged
     # instead (health score and rules) and what would unlock the model.
     scoring_note: str | None = None
@@ -201,7 +216,19 @@ def gather_report(
         missing["funnel"] = "the funnel table is empty (no funnel_steps configured or no run yet)"
 
     paths = read_critical_path(warehouse, tables, config.observation_hours)
-    data.critical_path = _critical_path(paths, settings.top_events)
+    experiments = read_table(
+        warehouse,
+        "step_experiments",
+        STEP_EXPERIMENT_SHOWN,
+        tables,
+    )
+    data.critical_path = _critical_path(
+        paths,
+        settings.top_events,
+        confirmed_events(experiments) if experiments is not None else set(),
+    )
+    if experiments is not None and len(experiments):
+        data.step_experiments = _records(experiments)
     data.critical_path_landmark_hours = config.observation_hours
     if data.critical_path is None:
         missing["critical_path"] = (
@@ -444,12 +471,19 @@ def _funnel(
     return rows, worst
 
 
-def _critical_path(paths: pd.DataFrame | None, top: int) -> dict[str, list[dict[str, Any]]] | None:
+def _critical_path(
+    paths: pd.DataFrame | None, top: int, confirmed: set[str]
+) -> dict[str, list[dict[str, Any]]] | None:
+    """The classes to show; each row's `evidence` is `experiment` when the holdout confirmed
+    a step with its event (`step_experiments`), else `observational`."""
     if paths is None:
         return None
     overall = paths[paths.segment_type == "overall"]
     if overall.empty:
         return None
+    overall = overall.assign(
+        evidence=np.where(overall.event_name.isin(confirmed), "experiment", "observational")
+    )
     shown = [
         "event_name",
         "users_with_event",
@@ -459,6 +493,7 @@ def _critical_path(paths: pd.DataFrame | None, top: int) -> dict[str, list[dict[
         "adjusted_effect",
         "adjusted_q_value",
         "works_through",
+        "evidence",
     ]
 
     def pick(kind: str, by: str, ascending: bool) -> list[dict[str, Any]]:

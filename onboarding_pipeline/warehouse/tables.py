@@ -309,6 +309,7 @@ _QUEUE_COLUMNS = {
     "user_id": "!string",
     "path": "string",
     "next_action": "!string",
+    "target_step": "string",  # the path milestone the action pushes toward
     "intervention_type": "!string",  # urgent | nudge | guide
     "channel": "!string",  # in_app | email | human; none for holdout rows
     "owner": "!string",
@@ -380,6 +381,30 @@ INTERVENTION_EFFECTIVENESS = TableSpec(
     "regression-adjusted, with anytime-valid intervals.",
 )
 
+STEP_EXPERIMENTS = TableSpec(
+    "step_experiments",
+    ibis.schema(
+        {
+            "step": "!string",  # the path milestone the nudges pushed toward
+            "step_events": "string",
+            "treated_users": "!int64",
+            "holdout_users": "!int64",
+            "treated_step_rate": "float64",
+            "holdout_step_rate": "float64",
+            "step_itt": "float64",  # effect of the nudge on doing the step
+            "activation_itt": "float64",  # effect of the nudge on activation
+            "first_stage_f": "float64",
+            "step_effect": "float64",  # effect of doing the step on activation (IV)
+            "ci_low": "float64",
+            "ci_high": "float64",
+            "evidence": "!string",  # experiment | not_confirmed | not_estimated
+            "note": "string",
+        }
+    ),
+    "Causal effect of doing each nudged step on activation, from the randomized holdout "
+    "(instrumental variable), at the effectiveness follow-up.",
+)
+
 NUDGES = TableSpec(
     "nudges",
     ibis.schema(
@@ -416,6 +441,7 @@ TABLES = {
         INTERVENTION_QUEUE,
         INTERVENTION_LEDGER,
         INTERVENTION_EFFECTIVENESS,
+        STEP_EXPERIMENTS,
         NUDGES,
         REPORT_DELIVERIES,
     )
