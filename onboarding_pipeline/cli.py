@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
+import pandas as pd
 
 from onboarding_pipeline.config import ConfigError
 from onboarding_pipeline.ingestion.readers import InputError
@@ -121,31 +122,43 @@ def check_warehouse(url: str) -> None:
         warehouse.close()
 
 
+# Where the data, config, warehouse and outputs are: the same options for every command.
+WHERE_OPTIONS = [
+    click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        envvar=ENV_DATA_DIR,
+        help="Input directory (users + events files).",
+    ),
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        envvar=ENV_CONFIG,
+        help="Path of onboarding.yaml (default: <data-dir>/onboarding.yaml).",
+    ),
+    click.option(
+        "--warehouse-url",
+        envvar=ENV_WAREHOUSE_URL,
+        help="duckdb:///path/file.duckdb (default under the output dir) or postgresql://...",
+    ),
+    click.option(
+        "--output-dir",
+        type=click.Path(path_type=Path),
+        envvar=ENV_OUTPUT_DIR,
+        help="Reports, outbox and local state (default: ./output in the project).",
+    ),
+]
+
+
+def where_options(command: Any) -> Any:
+    for option in reversed(WHERE_OPTIONS):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    envvar=ENV_DATA_DIR,
-    help="Input directory (users + events files).",
-)
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    envvar=ENV_CONFIG,
-    help="Path of onboarding.yaml (default: <data-dir>/onboarding.yaml).",
-)
-@click.option(
-    "--warehouse-url",
-    envvar=ENV_WAREHOUSE_URL,
-    help="duckdb:///path/file.duckdb (default under the output dir) or postgresql://...",
-)
-@click.option(
-    "--output-dir",
-    type=click.Path(path_type=Path),
-    envvar=ENV_OUTPUT_DIR,
-    help="Reports, outbox and local state (default: ./output in the project).",
-)
+@where_options
 @click.option(
     "--start",
     type=Day(),
@@ -191,6 +204,50 @@ def run(
         click.echo(line)
     if summary.failures:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("user_id")
+@where_options
+def timeline(
+    user_id: str,
+    data_dir: Path | None,
+    config_path: Path | None,
+    warehouse_url: str | None,
+    output_dir: Path | None,
+) -> None:
+    """Print how USER_ID moved: signup, milestones, stalls, queue entries, activation and
+    outcome, in order (from the warehouse of an earlier `run`)."""
+    settings = Settings.from_env().with_overrides(
+        data_dir=data_dir,
+        config_path=config_path,
+        warehouse_url=warehouse_url,
+        output_dir=output_dir,
+    )
+    try:
+        check_paths(settings)
+        check_warehouse(settings.warehouse_url)
+        from onboarding_pipeline.config import load_config
+        from onboarding_pipeline.engagement.assets import timelines_of
+        from onboarding_pipeline.engagement.timeline import one_user
+        from onboarding_pipeline.warehouse import WarehouseResource
+
+        config = load_config(settings.config_path)
+        warehouse = WarehouseResource(url=settings.warehouse_url)
+        try:
+            rows = timelines_of(warehouse, config, one_user(user_id))
+        finally:
+            warehouse.close()
+    except (ConfigError, InputError) as error:
+        raise click.ClickException(str(error)) from None
+    if rows.empty:
+        raise click.ClickException(
+            f"no user {user_id!r} in {settings.warehouse_url} (run `onboarding-pipeline run` "
+            "first, or check the id)"
+        )
+    for at, kind, detail in zip(rows["at"], rows.kind, rows.detail, strict=True):
+        when = "-" if pd.isna(at) else pd.Timestamp(at).strftime("%Y-%m-%d %H:%M UTC")
+        click.echo(f"{when:<21} {kind!s:<10} {detail!s}")
 
 
 @main.command("generate-sample")

@@ -68,6 +68,7 @@ from onboarding_pipeline.engagement.queue import build_queue, text_or_none
 from onboarding_pipeline.engagement.scoring import model_unlock_reason, scoring_mode
 from onboarding_pipeline.engagement.stalls import detect_stalls
 from onboarding_pipeline.engagement.step_effects import step_experiments as estimate_step_effects
+from onboarding_pipeline.engagement.timeline import user_timeline_rows
 from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
 from onboarding_pipeline.warehouse import WarehouseResource
 from onboarding_pipeline.warehouse.metadata import table_definition_metadata
@@ -84,6 +85,7 @@ from onboarding_pipeline.warehouse.tables import (
     SESSIONS,
     STALLED_USERS,
     STEP_EXPERIMENTS,
+    USER_TIMELINES,
 )
 
 GROUP = "engagement"
@@ -705,6 +707,44 @@ def step_experiments(
     )
 
 
+def timelines_of(warehouse: WarehouseResource, config: ProductConfig, users: Any) -> pd.DataFrame:
+    """The timeline rows of `users` (a table with `user_id`), on this config's paths."""
+    return user_timeline_rows(
+        warehouse,
+        users,
+        engagement_paths(warehouse, config).paths,
+        config.aha_events,
+        config.interventions.experiment,
+    )
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"pandas", "table"},
+    deps=[intervention_queue, RAW_EVENTS.name],
+    metadata=table_definition_metadata(USER_TIMELINES),
+)
+def user_timelines(
+    warehouse: WarehouseResource, product_config: ProductConfigResource
+) -> MaterializeResult:
+    """For every user the experiment assigned (treated or held out), how they moved, in
+    order: signup, milestones, the stall labels and queue entries of each day, activation
+    and the outcome. `onboarding-pipeline timeline USER_ID` prints the same for anyone."""
+    config = product_config.load()
+    ledger = warehouse.table(INTERVENTION_LEDGER.name)
+    assigned = ledger.filter(ledger.experiment == config.interventions.experiment)
+    rows = timelines_of(warehouse, config, assigned.select("user_id"))
+    warehouse.replace_all(USER_TIMELINES.name, table_to_arrow(rows, USER_TIMELINES.schema))
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": len(rows),
+            "users": int(rows.user_id.nunique()),
+            "by_kind": counts(rows.kind),
+            "preview": markdown(rows.head(12), "_nobody has been assigned yet_"),
+        }
+    )
+
+
 @asset(
     group_name=GROUP,
     kinds={"anthropic", "table"},
@@ -804,6 +844,7 @@ ENGAGEMENT_ASSETS = [
     intervention_queue,
     intervention_effectiveness,
     step_experiments,
+    user_timelines,
     nudges,
 ]
 

@@ -405,6 +405,22 @@ STEP_EXPERIMENTS = TableSpec(
     "(instrumental variable), at the effectiveness follow-up.",
 )
 
+USER_TIMELINES = TableSpec(
+    "user_timelines",
+    ibis.schema(
+        {
+            "user_id": "!string",
+            "at": UTC_TIMESTAMP,
+            # signup | milestone | activated | stalled | queued | held_out | outcome
+            "kind": "!string",
+            "detail": "!string",
+            "source": "!string",  # the table the row comes from
+        }
+    ),
+    "How each user the experiment assigned moved: signup, milestones, stalls, queue entries, "
+    "activation and outcome, in order.",
+)
+
 NUDGES = TableSpec(
     "nudges",
     ibis.schema(
@@ -442,6 +458,7 @@ TABLES = {
         INTERVENTION_LEDGER,
         INTERVENTION_EFFECTIVENESS,
         STEP_EXPERIMENTS,
+        USER_TIMELINES,
         NUDGES,
         REPORT_DELIVERIES,
     )

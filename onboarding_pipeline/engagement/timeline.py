@@ -1,0 +1,143 @@
+"""How a user moved: signup, milestones, stalls, queue entries, activation and outcome, in order.
+
+One function builds the rows for any set of users from the warehouse (the `user_timelines`
+asset for everyone the experiment assigned, the `timeline` command for one user), so the
+table and the command always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+
+from onboarding_pipeline.config.engagement import OnboardingPath
+from onboarding_pipeline.warehouse import WarehouseResource
+from onboarding_pipeline.warehouse.tables import INTERVENTION_LEDGER, RAW_EVENTS, RAW_USERS
+
+TIMELINE_COLUMNS = ["user_id", "at", "kind", "detail", "source"]
+# The order of rows at the same instant: what happened before what was decided about it.
+KIND_ORDER = {
+    "signup": 0,
+    "milestone": 1,
+    "activated": 2,
+    "stalled": 3,
+    "queued": 4,
+    "held_out": 4,
+    "delivered": 5,
+    "outcome": 6,
+}
+
+
+def milestone_events(paths: dict[str, OnboardingPath]) -> dict[str, str]:
+    """Event name -> the label of the first milestone (over all paths) it completes."""
+    found: dict[str, str] = {}
+    for path in paths.values():
+        for milestone in path.milestones:
+            for event in milestone.events:
+                found.setdefault(event, milestone.label or milestone.name)
+    return found
+
+
+def user_timeline_rows(
+    warehouse: WarehouseResource,
+    users: ir.Table,
+    paths: dict[str, OnboardingPath],
+    aha_events: Sequence[str],
+    experiment: str,
+) -> pd.DataFrame:
+    """The timeline of the users in `users` (a table with a `user_id` column), sorted by
+    user, time and kind."""
+    ids = users.select(_who=users.user_id).distinct()
+    frames = [
+        _signups(warehouse, ids),
+        _milestones(warehouse, ids, milestone_events(paths), aha_events),
+        _ledger(warehouse, ids, experiment),
+    ]
+    rows = (
+        pd.concat([f for f in frames if len(f)], ignore_index=True)
+        if any(len(f) for f in frames)
+        else pd.DataFrame(columns=TIMELINE_COLUMNS)
+    )
+    rows["at"] = pd.to_datetime(rows["at"], utc=True)
+    order = rows.kind.map(KIND_ORDER).fillna(9)
+    rows = rows.assign(_order=order).sort_values(["user_id", "at", "_order", "detail"])
+    return rows[TIMELINE_COLUMNS].reset_index(drop=True)
+
+
+def _signups(warehouse: WarehouseResource, ids: ir.Table) -> pd.DataFrame:
+    raw = warehouse.table(RAW_USERS.name)
+    chosen = raw.semi_join(ids, raw.user_id == ids._who)
+    frame = warehouse.execute(chosen.select("user_id", at=chosen.signup_at))
+    return frame.assign(kind="signup", detail="signed up", source=RAW_USERS.name)
+
+
+def _milestones(
+    warehouse: WarehouseResource,
+    ids: ir.Table,
+    milestones: dict[str, str],
+    aha_events: Sequence[str],
+) -> pd.DataFrame:
+    """First occurrence of each milestone event, and of the aha moment (activation)."""
+    wanted = sorted({*milestones, *aha_events})
+    if not wanted:
+        return pd.DataFrame(columns=TIMELINE_COLUMNS)
+    events = warehouse.table(RAW_EVENTS.name)
+    chosen = events.filter(events.event_name.isin(wanted))
+    chosen = chosen.semi_join(ids, chosen.user_id == ids._who)
+    first = warehouse.execute(
+        chosen.group_by("user_id", "event_name").agg(first_at=chosen.timestamp.min())
+    )
+    rows = []
+    for user, event, at in zip(first.user_id, first.event_name, first.first_at, strict=True):
+        if event in milestones:
+            rows.append((user, at, "milestone", f"{milestones[event]} ({event})", RAW_EVENTS.name))
+        if event in aha_events:
+            rows.append((user, at, "activated", f"aha moment ({event})", RAW_EVENTS.name))
+    return pd.DataFrame(rows, columns=TIMELINE_COLUMNS)
+
+
+def _ledger(warehouse: WarehouseResource, ids: ir.Table, experiment: str) -> pd.DataFrame:
+    """Each queue entry (its stall label, what was decided, the arm) and the outcome."""
+    ledger = warehouse.table(INTERVENTION_LEDGER.name)
+    chosen = ledger.filter(ledger.experiment == experiment)
+    chosen = chosen.semi_join(ids, chosen.user_id == ids._who)
+    frame = warehouse.execute(chosen)
+    rows = []
+    for entry in frame.itertuples(index=False):
+        if isinstance(entry.failure_label, str):
+            rows.append(
+                (
+                    entry.user_id,
+                    entry.queued_at,
+                    "stalled",
+                    entry.failure_label,
+                    INTERVENTION_LEDGER.name,
+                )
+            )
+        if entry.holdout:
+            detail = f"held out (control) from {entry.intervention_type}: {entry.next_action}"
+            rows.append(
+                (entry.user_id, entry.queued_at, "held_out", detail, INTERVENTION_LEDGER.name)
+            )
+        else:
+            detail = (
+                f"{entry.intervention_type} via {entry.channel} (step {entry.escalation_step}, "
+                f"owner {entry.owner}): {entry.next_action}"
+            )
+            rows.append(
+                (entry.user_id, entry.queued_at, "queued", detail, INTERVENTION_LEDGER.name)
+            )
+    outcomes = frame.dropna(subset=["outcome"]).drop_duplicates("user_id")
+    for entry in outcomes.itertuples(index=False):
+        rows.append(
+            (entry.user_id, entry.outcome_at, "outcome", entry.outcome, INTERVENTION_LEDGER.name)
+        )
+    return pd.DataFrame(rows, columns=TIMELINE_COLUMNS)
+
+
+def one_user(user_id: str) -> ir.Table:
+    """A table holding one user id, for `user_timeline_rows`."""
+    return ibis.memtable({"user_id": [user_id]})
