@@ -69,6 +69,13 @@ class _Group(click.Group):
             ) from None
 
 
+class Mistake(click.ClickException):
+    """A mistake in what the user gave (a file, a row, a key, an id): exit status 2, like a
+    wrong option; 1 is kept for a run that failed."""
+
+    exit_code = 2
+
+
 @click.group(cls=_Group)
 @click.version_option(package_version(), "--version", prog_name="onboarding-pipeline")
 @click.option("--debug", is_flag=True, help="Show the Python traceback of an unexpected error.")
@@ -199,7 +206,7 @@ def run(
             settings, partition_range=span, report_day=report_day, echo=click.echo
         )
     except (ConfigError, InputError) as error:
-        raise click.ClickException(str(error)) from None
+        raise Mistake(str(error)) from None
     for line in summary.lines():
         click.echo(line)
     if summary.failures:
@@ -239,9 +246,9 @@ def timeline(
         finally:
             warehouse.close()
     except (ConfigError, InputError) as error:
-        raise click.ClickException(str(error)) from None
+        raise Mistake(str(error)) from None
     if rows.empty:
-        raise click.ClickException(
+        raise Mistake(
             f"no user {user_id!r} in {settings.warehouse_url} (run `onboarding-pipeline run` "
             "first, or check the id)"
         )

@@ -21,6 +21,8 @@ from onboarding_pipeline.engagement.assets import ENGAGEMENT_ASSETS, anthropic_r
 from onboarding_pipeline.ingestion.assets import build_raw_events, raw_users
 from onboarding_pipeline.modeling.assets import build_sessions
 from onboarding_pipeline.orchestration import add_orchestration
+from onboarding_pipeline.outreach.assets import intervention_deliveries
+from onboarding_pipeline.outreach.resource import outreach_resource_from_env
 from onboarding_pipeline.partitions import event_partitions
 from onboarding_pipeline.reporting.assets import add_reporting, weekly_partitions
 from onboarding_pipeline.reporting.mail import email_resource_from_env
@@ -49,6 +51,8 @@ def build_definitions(settings: Settings) -> Definitions:
             onboarding_kpis,
             friction_clusters,
             *ENGAGEMENT_ASSETS,
+            # After `nudges`; registered here, since it builds on the engagement assets.
+            intervention_deliveries,
         ],
         resources={
             "warehouse": warehouse,
@@ -58,6 +62,7 @@ def build_definitions(settings: Settings) -> Definitions:
             "slack": slack_resource_from_env(config.report.slack_channel),
             "email": email_resource_from_env(),
             "anthropic": anthropic_resource_from_env(),
+            "outreach": outreach_resource_from_env(),
         },
         # An embedded DuckDB file takes one writer at a time: run steps in one process.
         executor=in_process_executor if warehouse.engine == "duckdb" else multiprocess_executor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -333,7 +334,9 @@ def run_pipeline(
                 raise_on_error=False,
                 run_config=_QUIET_CONSOLE,
             )
-            warnings += [w for w in _warnings_of(result) if w not in warnings]
+            for warning in _warnings_of(result):  # once, not once per partition
+                if warning not in warnings:
+                    warnings.append(warning)
             if key == AssetKey("report_deliveries"):
                 delivery = delivery_outcome(result)
             if not result.success:
@@ -456,13 +459,21 @@ def _current_model(folder: Path) -> str:
 
 
 def _warnings_of(result: object) -> list[str]:
-    """The warnings the run's assets put in their metadata (a markdown list)."""
+    """The warnings the run's assets put in their metadata: ingestion's `warnings` (a
+    markdown list) and the config checks' `config_warnings` (a JSON list)."""
     found = []
     for event in result.get_asset_materialization_events():  # type: ignore[attr-defined]
-        value = event.materialization.metadata.get("warnings")
-        if value is not None:
-            found += [line.removeprefix("- ") for line in str(value.value).splitlines() if line]
+        metadata = event.materialization.metadata
+        if "warnings" in metadata:
+            text = str(metadata["warnings"].value)
+            found += [line.removeprefix("- ") for line in text.splitlines() if line]
+        if "config_warnings" in metadata:
+            found += [f"onboarding.yaml: {w}" for w in metadata["config_warnings"].value or []]
     return found
+
+
+# Errors that say what the user must fix (file, row, key): shown without their class path.
+USER_ERRORS = {"ConfigError", "ConfigDataError", "InputError", "ModelRefused"}
 
 
 def failure_text(result: object) -> str:
@@ -474,8 +485,13 @@ def failure_text(result: object) -> str:
             while error.cause is not None:
                 error = error.cause
             # A failed blocking check is said below, by the check itself.
-            if error.cls_name != "DagsterAssetCheckFailedError":
-                lines.append(error.message.strip())
+            if error.cls_name == "DagsterAssetCheckFailedError":
+                continue
+            message = error.message.strip()
+            if error.cls_name in USER_ERRORS:
+                # A mistake in the input or the config: its words, not the class path.
+                message = re.sub(rf"^[\w.]*\b{error.cls_name}: ", "", message)
+            lines.append(message)
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             if not evaluation.passed:

@@ -294,6 +294,20 @@ def test_every_failure_label_is_reachable_with_evidence() -> None:
     assert stalls.loc["blocked", "hours_inactive"] == pytest.approx(150)
 
 
+def test_stall_evidence_does_not_depend_on_row_order_when_times_tie() -> None:
+    """Date-only data ties last events: the same input in any order names the same one."""
+    users, by_event = stall_case()
+    tied = by_event.assign(last_at=by_event.groupby("user_id").last_at.transform("max"))
+    steps = next_milestones(milestone_progress(users, by_event, PATHS))
+    names = [
+        detect_stalls(users, order, steps, STALL_RULES, INVITES, CORE, NOW)
+        .set_index("user_id")
+        .last_event_name
+        for order in (tied, tied.iloc[::-1], tied.sample(frac=1, random_state=3))
+    ]
+    assert names[0].equals(names[1]) and names[0].equals(names[2])
+
+
 def queue_inputs() -> pd.DataFrame:
     users, by_event = stall_case()
     steps = next_milestones(milestone_progress(users, by_event, PATHS))

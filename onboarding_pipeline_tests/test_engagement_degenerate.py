@@ -402,3 +402,28 @@ def test_early_event_reach_runs_in_the_warehouse(engine: str, tmp_path: Path) ->
     assert list(result.index) == ["created"]
     assert result.loc["created", "users"] == 2
     assert result.loc["created", "mean_hours"] == pytest.approx(2.0)
+
+
+def test_users_without_a_single_event_are_not_all_messaged(tmp_path: Path) -> None:
+    """A header-only events export next to a real users file looks like a product nobody
+    touched: nobody is queued (else every user would get a nudge) and the summary says why."""
+    data_dir = tmp_path / "data"
+    write(data_dir, "onboarding.yaml", "aha_events: [shared]\npartitions_start_date: 2026-10-01\n")
+    signups = "".join(f"u{i},2026-10-{10 + i:02d}T09:00:00Z\n" for i in range(6))
+    write(data_dir, "users.csv", "user_id,signup_at\n" + signups)
+    write(data_dir, "events.csv", "user_id,event_name,timestamp\n")
+    settings = Settings(
+        data_dir, data_dir / "onboarding.yaml", default_warehouse_url(tmp_path), tmp_path
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("DAGSTER_HOME", "SLACK_BOT_TOKEN", "SMTP_HOST", "ANTHROPIC_API_KEY"):
+            patch.delenv(name, raising=False)
+        summary = run_pipeline(settings, echo=lambda line: None)
+    assert not summary.failures, summary.failures
+    warehouse = WarehouseResource(url=settings.warehouse_url)
+    try:
+        assert int(warehouse.execute(warehouse.table("intervention_queue").count())) == 0
+    finally:
+        warehouse.close()
+    lines = "\n".join(summary.lines())
+    assert "warning: no events at all for 6 users still onboarding: nobody is queued" in lines

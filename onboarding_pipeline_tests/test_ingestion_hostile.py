@@ -723,3 +723,44 @@ def test_events_of_quarantined_users_point_at_the_users_file(
     )
     assert "2 users rows quarantined: unparseable_signup_at 2" in description
     assert "WHERE kind = 'users'" in description
+
+
+def test_a_zone_name_is_quarantined_and_shifts_no_other_row(
+    warehouse: WarehouseResource, tmp_path: Path, config: ProductConfig
+) -> None:
+    # DuckDB's cast remembers the last zone name it read and applies it to the naive rows
+    # after it: a name is refused, so every other row keeps its own meaning.
+    events = HEADER + (
+        b"u1,a,2026-01-05 10:00:00\n"
+        b"u1,b,2026-01-05 10:00:00 America/New_York\n"
+        b"u1,c,2026-01-05 11:00:00\n"
+        b"u1,d,2026-01-06\n"
+        b"u1,e,2026-01-06 08:00:00 UTC\n"
+    )
+    outcome = run(warehouse, tmp_path, {"events.csv": events}, config)
+    assert outcome.reason_at("events.csv", 2) == ("unparseable_timestamp", "timestamp")
+    stamps = outcome.raw_events.set_index("event_name").timestamp
+    assert stamps["c"] == pd.Timestamp("2026-01-05T11:00:00Z")
+    assert stamps["d"] == pd.Timestamp("2026-01-06T00:00:00Z")
+    assert stamps["e"] == pd.Timestamp("2026-01-06T08:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("user_id,event_name,timestamp\nu1,a,2026-01-02\n".encode("utf-16"), "UTF-16 text"),
+        ("user_id,event_name,timestamp\nu1,a,2026-01-02\n".encode("utf-16-le"), "UTF-16 text"),
+        (b"user_id;event_name;timestamp\nu1;a;2026-01-02\n", "separated by semicolons"),
+        (b"user_id\tevent_name\ttimestamp\nu1\ta\t2026-01-02\n", "separated by tabs"),
+    ],
+    ids=["utf-16", "utf-16-no-bom", "semicolons", "tabs"],
+)
+def test_another_encoding_or_delimiter_says_what_to_do(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    (tmp_path / "users.csv").write_bytes(USERS)
+    (tmp_path / "events.csv").write_bytes(content)
+    with pytest.raises(InputError) as raised:
+        FileSource(data_dir=str(tmp_path)).read_events({})
+    assert message in str(raised.value) and "events.csv" in str(raised.value)
+    assert "\x00" not in str(raised.value)

@@ -111,7 +111,7 @@ def test_cli_names_the_config_problem(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["run", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")]
     )
-    assert result.exit_code != 0
+    assert result.exit_code == 2, result.output  # a mistake in the input, like a wrong option
     assert "sesion_timeout_minutes: unknown key" in result.output
     assert str(tmp_path / "onboarding.yaml") in result.output
 

@@ -57,4 +57,4 @@ def test_the_command_prints_the_same_rows(sample_pipeline_run: SampleRun) -> Non
     assert len(lines) == len(expected)
     assert [line.split()[3] for line in lines] == list(expected.kind)
     unknown = CliRunner().invoke(main, ["timeline", "no-such-user", *where])
-    assert unknown.exit_code == 1 and "no user 'no-such-user'" in unknown.output
+    assert unknown.exit_code == 2 and "no user 'no-such-user'" in unknown.output

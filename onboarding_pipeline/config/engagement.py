@@ -8,7 +8,9 @@ documented in docs/configuration.md.
 
 from __future__ import annotations
 
+from datetime import time
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -147,6 +149,86 @@ DEFAULT_FIXES = {
     "generic_tour_trap": "Skip the tour and do the first real task with a ready-made template",
 }
 
+# Quiet hours concern messages a user notices when they arrive; in-app waits for a visit.
+DEFAULT_QUIET_CHANNELS: tuple[Channel, ...] = ("email",)
+DEFAULT_DAILY_LIMITS: dict[Channel, int] = {"in_app": 1000, "email": 500, "human": 25}
+
+
+def _known_timezone(name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}; use an IANA name such as 'Europe/Berlin'"
+        ) from None
+    return name
+
+
+class QuietHours(_Strict):
+    """No message to a user between `start` and `end` of their local day (overnight when
+    `start` is after `end`); rows caught by it stay due for a later run."""
+
+    start: time = time(21, 0)
+    end: time = time(8, 0)
+    channels: list[Channel] = Field(default_factory=lambda: list(DEFAULT_QUIET_CHANNELS))
+    # Users without a valid `timezone` attribute: this zone; null (default) = the rule skips
+    # them (one zone's night is another's working day; the data's clock is often UTC).
+    default_timezone: Annotated[str | None, AfterValidator(_known_timezone)] = None
+
+
+class DeliverySettings(_Strict):
+    """`interventions.delivery`: how queue rows reach users (docs/outreach.md)."""
+
+    # Messages per channel and day (sent, outbox or in flight); the rest stay due.
+    daily_limits: dict[Channel, int] = Field(default_factory=lambda: dict(DEFAULT_DAILY_LIMITS))
+    quiet_hours: QuietHours | None = Field(default_factory=QuietHours)
+    # A row still not delivered this many days after it was queued expires.
+    max_delay_days: float = Field(default=3, ge=0)
+    # Failed attempts before a row is given up (each attempt has the client's own retries).
+    max_attempts: int = Field(default=3, ge=1)
+    # Email: a file of addresses and/or user ids, one a line (`#` comments), relative to
+    # onboarding.yaml; and events that mean "unsubscribed" (such users get no email).
+    suppression_file: str | None = None
+    unsubscribe_events: list[str] = Field(
+        default_factory=lambda: ["unsubscribed", "email_unsubscribed"]
+    )
+    # https:// or mailto: template with {user_id} and {token} (HMAC of the user id under
+    # ONBOARDING_UNSUBSCRIBE_SECRET); null = mailto: the sender.
+    unsubscribe_url: str | None = None
+    email_subject: str = Field(default="Your next step: {next_action}", min_length=1)
+    # Owner -> Slack channel of the `human` hand-off; other owners: report.slack_channel.
+    owner_channels: dict[str, str] = Field(default_factory=dict)
+    # Latest events shown in a hand-off's timeline.
+    timeline_events: int = Field(default=5, ge=0, le=50)
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _url_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("https://", "mailto:")):
+            raise ValueError("unsubscribe_url must start with https:// or mailto:")
+        try:
+            value.format(user_id="u", token="t")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"unsubscribe_url may only use {{user_id}} and {{token}} ({error})"
+            ) from None
+        return value
+
+    @field_validator("email_subject")
+    @classmethod
+    def _subject_template(cls, value: str) -> str:
+        try:
+            value.format(next_action="a", first_name="b")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"email_subject may only use {{next_action}} and {{first_name}} ({error})"
+            ) from None
+        return value
+
 
 class InterventionRules(_Strict):
     # Name of the randomized experiment; with the user id it decides the holdout.
@@ -180,6 +262,7 @@ class InterventionRules(_Strict):
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     stall: StallRules = Field(default_factory=StallRules)
     nudges: NudgeSettings = Field(default_factory=NudgeSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
     @field_validator("ladder")
     @classmethod

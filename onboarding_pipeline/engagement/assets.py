@@ -495,6 +495,17 @@ def intervention_queue(
     history = ledger_history(warehouse, rules.experiment)
     health = warehouse.table(HEALTH_SCORES.name)
     health = warehouse.execute(health.filter(health.population == ONBOARDING))
+    warnings = []
+    if len(health) and int(warehouse.execute(warehouse.table(RAW_EVENTS.name).count())) == 0:
+        # Users but not one event: a broken export, far likelier than a product nobody
+        # touched. Queueing would message every user; nobody is queued until events arrive.
+        warnings.append(
+            f"no events at all for {len(health)} users still onboarding: nobody is queued "
+            "(an events export that is empty or was not read would otherwise message every "
+            "user); check the events files"
+        )
+        context.log.warning(warnings[-1])
+        health = health.iloc[0:0]
     stalls = warehouse.execute(warehouse.table(STALLED_USERS.name))
     raw = warehouse.table(RAW_USERS.name)
     names = warehouse.execute(raw.select("user_id", "first_name", "role", "company"))
@@ -526,6 +537,11 @@ def intervention_queue(
         metadata={
             "dagster/row_count": len(queue),
             "ledger_rows_added": added,
+            **(
+                {"warnings": MetadataValue.md("\n".join(f"- {w}" for w in warnings))}
+                if warnings
+                else {}
+            ),
             "by_intervention_type": counts(queue.intervention_type),
             # Held-out rows have channel and owner `none`: no one acts on them.
             "by_channel": counts(queue.channel),
@@ -721,7 +737,7 @@ def timelines_of(warehouse: WarehouseResource, config: ProductConfig, users: Any
 @asset(
     group_name=GROUP,
     kinds={"pandas", "table"},
-    deps=[intervention_queue, RAW_EVENTS.name],
+    deps=[intervention_queue, "intervention_deliveries", RAW_EVENTS.name],
     metadata=table_definition_metadata(USER_TIMELINES),
 )
 def user_timelines(

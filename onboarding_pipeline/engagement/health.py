@@ -156,7 +156,9 @@ def fit_weights(backtest_users: pd.DataFrame, test_share: float = 0.25) -> dict[
     Negative coefficients are set to 0 (a component cannot lower health); the weights are
     normalized to sum to 1 so they can be pasted into `health.weights`.
     """
-    ordered = backtest_users.sort_values("signup_at", kind="stable")
+    # By signup, then id: ties (date-only data) split the same way on every run.
+    keys = ["signup_at", "user_id"] if "user_id" in backtest_users else ["signup_at"]
+    ordered = backtest_users.sort_values(keys, kind="stable")
     cut = int(len(ordered) * (1 - test_share))
     train, test = ordered.iloc[:cut], ordered.iloc[cut:]
     if len(train) < 50 or train.label.nunique() < 2 or test.label.nunique() < 2:

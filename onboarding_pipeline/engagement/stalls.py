@@ -64,7 +64,9 @@ def detect_stalls(
     ids = pd.Index(users.user_id)
     frame = users[["user_id", "path", "signup_at", "sessions"]].set_index("user_id")
 
-    latest = by_event.sort_values("last_at").groupby("user_id").tail(1).set_index("user_id")
+    # Ties (date-only data) broken by name: the same input gives the same evidence every run.
+    latest = by_event.sort_values(["last_at", "event_name"], kind="stable")
+    latest = latest.groupby("user_id").tail(1).set_index("user_id")
     frame["last_event_name"] = latest.event_name.reindex(ids)
     frame["last_event_at"] = latest.last_at.reindex(ids).fillna(frame.signup_at)
     frame["hours_inactive"] = (now_ts - frame.last_event_at).dt.total_seconds() / 3600

@@ -15,7 +15,12 @@ import pandas as pd
 
 from onboarding_pipeline.config.engagement import OnboardingPath
 from onboarding_pipeline.warehouse import WarehouseResource
-from onboarding_pipeline.warehouse.tables import INTERVENTION_LEDGER, RAW_EVENTS, RAW_USERS
+from onboarding_pipeline.warehouse.tables import (
+    INTERVENTION_DELIVERIES,
+    INTERVENTION_LEDGER,
+    RAW_EVENTS,
+    RAW_USERS,
+)
 
 TIMELINE_COLUMNS = ["user_id", "at", "kind", "detail", "source"]
 # The order of rows at the same instant: what happened before what was decided about it.
@@ -55,6 +60,7 @@ def user_timeline_rows(
         _signups(warehouse, ids),
         _milestones(warehouse, ids, milestone_events(paths), aha_events),
         _ledger(warehouse, ids, experiment),
+        _deliveries(warehouse, ids, experiment),
     ]
     rows = (
         pd.concat([f for f in frames if len(f)], ignore_index=True)
@@ -135,6 +141,26 @@ def _ledger(warehouse: WarehouseResource, ids: ir.Table, experiment: str) -> pd.
         rows.append(
             (entry.user_id, entry.outcome_at, "outcome", entry.outcome, INTERVENTION_LEDGER.name)
         )
+    return pd.DataFrame(rows, columns=TIMELINE_COLUMNS)
+
+
+def _deliveries(warehouse: WarehouseResource, ids: ir.Table, experiment: str) -> pd.DataFrame:
+    """What reached the user (or their owner): each delivery that left or was held back."""
+    deliveries = warehouse.table(INTERVENTION_DELIVERIES.name)
+    chosen = deliveries.filter((deliveries.experiment == experiment) & (deliveries.status != "due"))
+    chosen = chosen.semi_join(ids, chosen.user_id == ids._who)
+    frame = warehouse.execute(chosen)
+    rows = [
+        (
+            entry.user_id,
+            entry.sent_at if entry.sent_at == entry.sent_at else entry.updated_at,
+            "delivered",
+            f"{entry.channel} {entry.status} (step {entry.escalation_step}): {entry.next_action}"
+            + (f" ({entry.note})" if isinstance(entry.note, str) else ""),
+            INTERVENTION_DELIVERIES.name,
+        )
+        for entry in frame.itertuples(index=False)
+    ]
     return pd.DataFrame(rows, columns=TIMELINE_COLUMNS)
 
 

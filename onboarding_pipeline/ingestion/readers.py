@@ -133,6 +133,8 @@ def read_file(
             warnings=[f"{source}: empty file (0 bytes), skipped"],
             skipped=True,
         )
+    if suffix in (".csv", ".jsonl"):
+        _refuse_other_encodings(path)
     if suffix == ".csv":
         read = _read_csv(path, source)
     elif suffix == ".parquet":
@@ -147,7 +149,10 @@ def read_file(
         raise InputError(
             f"{path}: missing required column(s) {', '.join(missing)}; found "
             f"{', '.join(read.table.column_names) or 'none'} "
-            "(map differently named columns with `column_mapping` in onboarding.yaml)"
+            + (
+                _other_delimiter(read.table.column_names)
+                or "(map differently named columns with `column_mapping` in onboarding.yaml)"
+            )
         )
     for name in missing:  # JSON Lines whose every line was malformed: no columns at all
         table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
@@ -265,6 +270,42 @@ def _read_csv(path: Path, source: str) -> _Read:
     read.header = header
     read.warnings = warnings + read.warnings
     return read
+
+
+_WIDE_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
+def _refuse_other_encodings(path: Path) -> None:
+    """A UTF-16/32 text file (Excel's "Unicode text", PowerShell's default) is not a file of
+    bad rows: every row would be quarantined. Said once, with what to do."""
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    found = next((name for bom, name in _WIDE_BOMS.items() if head.startswith(bom)), None)
+    if found is None and head.count(b"\x00") > len(head) // 4:
+        found = "UTF-16"  # without a byte-order mark: every other byte is NUL
+    if found:
+        raise InputError(
+            f"{path}: the file is {found} text, not UTF-8; re-save it as UTF-8 (e.g. "
+            '`iconv -f UTF-16 -t UTF-8`, or "CSV UTF-8" in a spreadsheet)'
+        )
+
+
+def _other_delimiter(names: list[str]) -> str | None:
+    """Why a CSV header yields one odd column: it is separated by something else."""
+    if len(names) != 1:
+        return None
+    for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+        if delimiter in names[0]:
+            return (
+                f"(the header is separated by {name}: only comma-separated CSV is read; "
+                "re-save it with commas)"
+            )
+    return None
 
 
 def _csv_header(path: Path) -> tuple[list[str], int]:

@@ -51,6 +51,9 @@ MAX_TIMESTAMP = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # ISO text with a year of five or more digits: a date no engine holds, not gibberish.
 _LARGE_YEAR = r"^\s*[+-]?\d{5,}-\d{1,2}-\d{1,2}"
+# Two letters in a row: a zone name or a month name (a `T` or `Z` alone is ISO).
+_ZONE_NAME = r"[A-Za-z]{2,}"
+_UTC_NAME = r"(?i)(^|[0-9\s])(UTC|GMT)$"
 OK, UNPARSEABLE, OUT_OF_RANGE = "ok", "unparseable", "out_of_range"
 
 
@@ -81,7 +84,11 @@ def parse_timestamp(
     five digits parse but cannot be stored: `out_of_range`.
     """
     number = text.try_cast("float64")
-    iso = text.try_cast(UTC_TIMESTAMP)
+    # A zone *name* (`America/New_York`, `PST`) is not read: DuckDB's cast keeps the last
+    # name it saw and applies it to the naive values after it. Only offsets, `Z` and a
+    # trailing UTC/GMT are honoured; the CASE keeps the cast from ever seeing a name.
+    named_zone = text.re_search(_ZONE_NAME) & ~text.re_search(_UTC_NAME)
+    iso = ibis.ifelse(named_zone, ibis.null(UTC_TIMESTAMP), text.try_cast(UTC_TIMESTAMP))
     if timestamp_format == "epoch_ms":
         seconds = number / 1000
     elif timestamp_format == "auto":

@@ -411,7 +411,7 @@ USER_TIMELINES = TableSpec(
         {
             "user_id": "!string",
             "at": UTC_TIMESTAMP,
-            # signup | milestone | activated | stalled | queued | held_out | outcome
+            # signup | milestone | activated | stalled | queued | held_out | delivered | outcome
             "kind": "!string",
             "detail": "!string",
             "source": "!string",  # the table the row comes from
@@ -440,6 +440,43 @@ NUDGES = TableSpec(
     "The message for each treated queue row and which source wrote it.",
 )
 
+INTERVENTION_DELIVERIES = TableSpec(
+    "intervention_deliveries",
+    ibis.schema(
+        {
+            # Hash of (experiment, user, escalation step, next action): one message each.
+            "delivery_key": "!string",
+            "user_id": "!string",
+            "next_action": "!string",
+            "escalation_step": "!int64",
+            "experiment": "!string",
+            "channel": "!string",  # in_app | email | human
+            "owner": "string",
+            "recipient": "string",  # the Slack channel of a hand-off; null for the user's own
+            "intervention_type": "string",
+            "priority": "float64",
+            "reason": "string",  # the queue's evidence, for the hand-off
+            "message": "string",  # the nudge (plain text) as it was when queued
+            "queued_on": "!date",
+            # due (waiting: limit, quiet hours) | sending (intent recorded, outcome unknown:
+            # checked before any resend) | sent | failed | suppressed | outbox | expired
+            "status": "!string",
+            "note": "string",  # why a row waits, was suppressed or expired
+            "attempts": "!int64",
+            "provider_id": "string",  # SMTP Message-ID, webhook response id, Slack channel/ts
+            "last_error": "string",
+            "idempotency_key": "string",  # carries the deployment id
+            "intent_at": UTC_TIMESTAMP,
+            "sent_at": UTC_TIMESTAMP,
+            "last_attempt_on": "date",  # the day the daily limits count it on
+            "outbox_path": "string",
+            "updated_at": UTC_TIMESTAMP.copy(nullable=False),
+        }
+    ),
+    "Delivery ledger of the intervention queue: one row per (user, next action, escalation "
+    "step, experiment) and its channel, with status, provider id and attempts.",
+)
+
 TABLES = {
     spec.name: spec
     for spec in (
@@ -461,5 +498,6 @@ TABLES = {
         USER_TIMELINES,
         NUDGES,
         REPORT_DELIVERIES,
+        INTERVENTION_DELIVERIES,
     )
 }
