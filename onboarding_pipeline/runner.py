@@ -27,6 +27,7 @@ from onboarding_pipeline.code_location import build_definitions
 from onboarding_pipeline.config import load_config
 from onboarding_pipeline.connectors.base import ConnectorSource
 from onboarding_pipeline.engagement.assets import run_summary_lines
+from onboarding_pipeline.engagement.scoring import NO_ACCEPTED_MODEL, model_unlock_reason
 from onboarding_pipeline.ingestion.load import event_date_span, unread_files_warning
 from onboarding_pipeline.ingestion.sources import FileSource
 from onboarding_pipeline.orchestration.jobs import REPORT_GROUPS
@@ -452,7 +453,9 @@ def _current_model(folder: Path) -> str:
     store = ModelStore(folder)
     version = store.current_version()
     if version is None:
-        return "none accepted yet"
+        # Why, from the latest training attempt (what would unlock it), when there was one.
+        reason = model_unlock_reason(folder).removeprefix(f"{NO_ACCEPTED_MODEL}: ")
+        return f"none accepted yet: {reason}"
     metrics = json.loads((folder / f"{version}.json").read_text())
     low, high = metrics["roc_auc_ci"]
     return f"{version}, ROC AUC {metrics['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f})"

@@ -764,3 +764,12 @@ def test_another_encoding_or_delimiter_says_what_to_do(
         FileSource(data_dir=str(tmp_path)).read_events({})
     assert message in str(raised.value) and "events.csv" in str(raised.value)
     assert "\x00" not in str(raised.value)
+
+
+def test_a_line_of_spaces_is_blank_not_malformed(
+    warehouse: WarehouseResource, tmp_path: Path, config: ProductConfig
+) -> None:
+    events = HEADER + b"u1,a,2026-01-02T00:00:00Z\n   \nu1,b,2026-01-02T00:00:00Z\n"
+    outcome = run(warehouse, tmp_path, {"events.csv": events}, config)
+    assert outcome.events.quarantined == 0 and outcome.events.blank_records == 1
+    assert outcome.raw_events.set_index("event_name").row_number["b"] == 3

@@ -71,6 +71,10 @@ REASON_DETAILS = {
     "before_signup": "earlier than the user's signup minus ingestion.pre_signup_tolerance_hours",
     "before_partitions_start": "earlier than partitions_start_date: no daily partition holds it",
 }
+# Where a users row means something else than an events row with the same reason.
+USERS_REASON_DETAILS = {
+    "missing_user_id": "no user_id: a users row must name its user",
+}
 
 
 @dataclass
@@ -611,7 +615,9 @@ def _quarantine_table(
             "raw": json.dumps({c: row[c] for c in present}),
             "kind": kind,
             "event_date": row["event_date"],
-            "detail": row.get("detail") or REASON_DETAILS.get(row["reason"]),
+            "detail": row.get("detail")
+            or (USERS_REASON_DETAILS if kind == "users" else {}).get(row["reason"])
+            or REASON_DETAILS.get(row["reason"]),
         }
         for row in rejected.to_pylist()
     ]

@@ -370,6 +370,14 @@ def _read_csv_fast(path: Path, source: str, names: list[str]) -> _Read | None:
         return None
     if any("\n" in text or "\r" in text for _, text in malformed):
         return None
+    # A line of spaces holds no data, like an empty one: counted, not a malformed row (its
+    # number is still taken, so the rows after it keep theirs).
+    spaces = [
+        MalformedRow(source, number - 1 if number is not None else None, text)
+        for number, text in malformed
+        if not text.strip()
+    ]
+    malformed = [(number, text) for number, text in malformed if text.strip()]
     bad = [
         MalformedRow(
             source,
@@ -379,14 +387,14 @@ def _read_csv_fast(path: Path, source: str, names: list[str]) -> _Read | None:
         )
         for number, text in malformed
     ]
-    numbers = _row_numbers(table.num_rows, bad)
+    numbers = _row_numbers(table.num_rows, bad + spaces)
     # Blank lines come back as rows of nulls: they hold no data, so they are not rows.
     blank = _all_null(table)
     blank_count = int(pc.sum(blank).as_py() or 0) if table.num_rows else 0
     if blank_count:
         keep = pc.invert(blank)
         table, numbers = table.filter(keep), numbers.filter(keep)
-    return _Read(table, numbers, [], bad, blank_count)
+    return _Read(table, numbers, [], bad, blank_count + len(spaces))
 
 
 def _holds_line_breaks(table: pa.Table) -> bool:
@@ -480,7 +488,7 @@ def _read_csv_resync(path: Path, source: str, names: list[str], header_lines: in
                 continue
             text = "\n".join(block)
             consumed = len(block)
-        if not any(fields):
+        if not any(value.strip() for value in fields):
             blank += 1
         elif len(fields) != width:
             malformed.append(
