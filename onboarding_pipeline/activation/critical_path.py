@@ -75,7 +75,8 @@ class Population:
     behaviour: pd.DataFrame  # Buckets.at(...) rows aligned with `users`
     positions: np.ndarray  # user positions in the Buckets
     daily: DailyCounts | None = None  # counts by the end of each day (lazy)
-    covariates: pd.DataFrame | None = None  # engagement and segments (built once)
+    # Engagement and segments (built once): values (users x covariates) and their names.
+    covariates: tuple[np.ndarray, list[str]] | None = None
 
     def counts_by_day(self, buckets: Buckets, event: int) -> np.ndarray:
         """(users x days): how often each user did event `event` (its position in
@@ -378,11 +379,20 @@ def _sample(n: int, limit: int, activated: np.ndarray, seed: int) -> np.ndarray:
     return keep
 
 
-def _covariates(population: Population, rows: np.ndarray) -> pd.DataFrame:
-    """Engagement so far and segment attributes: fixed before any single event."""
+def _design(
+    population: Population, rows: np.ndarray, did: np.ndarray, events: list[str], names: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """(values, column names) of a regression: engagement so far and segment attributes
+    (fixed before any single event) of `rows`, and a `did::<event>` column per name. Plain
+    arrays: a data frame copied per event and fit cost more than the fits at 200k users."""
     if population.covariates is None:
-        population.covariates = _all_covariates(population)
-    return population.covariates.iloc[rows].copy()
+        frame = _all_covariates(population)
+        population.covariates = (frame.to_numpy(dtype=float), list(frame.columns))
+    covariates, covariate_names = population.covariates
+    picked = np.array([events.index(name) for name in names], dtype=np.int64)
+    flags = did[np.ix_(rows, picked)].astype(float)
+    values = np.column_stack([covariates[rows], flags])
+    return values, [*covariate_names, *(f"did::{name}" for name in names)]
 
 
 def _all_covariates(population: Population) -> pd.DataFrame:
@@ -404,10 +414,20 @@ def _all_covariates(population: Population) -> pd.DataFrame:
     return design
 
 
-def _fit(design: pd.DataFrame, y: np.ndarray, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Firth logistic regression; per name in `names`: effect, interval, p (or a note)."""
-    design = design.loc[:, design.std() > 0]
-    present = [n for n in names if n in design.columns]
+def _fit(
+    design: tuple[np.ndarray, list[str]], y: np.ndarray, names: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Firth logistic regression on `design` (values, column names); per name in `names`:
+    effect, interval, p (or a note)."""
+    values, all_columns = design
+    # Column-major, as a data frame's values were; columns without variance are left out,
+    # by the sample variance to the last bit as pandas' `std() > 0` computed it.
+    values = np.asfortranarray(values)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore")
+        varies = np.var(values, axis=0, ddof=1) > 0
+    columns = [name for name, kept in zip(all_columns, varies, strict=True) if kept]
+    present = [n for n in names if n in columns]
     if len(set(y)) < 2:
         return {n: {"note": "everyone in the population has the same outcome"} for n in names}
     if not present:
@@ -415,10 +435,10 @@ def _fit(design: pd.DataFrame, y: np.ndarray, names: list[str]) -> dict[str, dic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            fit = FirthLogisticRegression(max_iter=50).fit(design.to_numpy(dtype=float), y)
+            matrix = np.asfortranarray(values[:, varies])
+            fit = FirthLogisticRegression(max_iter=50).fit(matrix, y)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as error:
             return {n: {"note": f"the fit failed ({type(error).__name__}: {error})"} for n in names}
-    columns = list(design.columns)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         if name not in present:
@@ -448,9 +468,7 @@ def _fit_effect(
     activated: np.ndarray,
 ) -> dict[str, Any]:
     index = np.flatnonzero(rows)
-    design = _covariates(population, index)
-    for name in [event, *adjust]:
-        design[f"did::{name}"] = did[index, events.index(name)].astype(float)
+    design = _design(population, index, did, events, [event, *adjust])
     return _fit(design, activated[index].astype(int), [f"did::{event}"])[f"did::{event}"]
 
 
@@ -473,9 +491,7 @@ def _direct_effects(
         index = np.flatnonzero(rows)
         # Every event observable for all of these users joins the model.
         others = [e for e in judged if observable[e][index].all()]
-        design = _covariates(population, index)
-        for name in others:
-            design[f"did::{name}"] = did[index, events.index(name)].astype(float)
+        design = _design(population, index, did, events, others)
         fitted = _fit(design, activated[index].astype(int), [f"did::{e}" for e in members])
         for event in members:
             result = fitted[f"did::{event}"]
@@ -582,27 +598,34 @@ def _threshold(
     if days < 1 or not row["ci_low"] > 1:
         return {}
     y = activated[keep]
-    best: dict[str, Any] = {}
+    best: tuple[float, int, int] | None = None
     best_phi = 0.0
     by_day = population.counts_by_day(buckets, position)[keep]
+    # Users per count (capped at the largest threshold), activated or not: every rule's
+    # 2x2 table is a tail sum of these, one pass over the users per day.
+    cap = max(THRESHOLD_TIMES)
     for day in range(1, days + 1):
-        counts = by_day[:, day - 1]
+        capped = np.minimum(by_day[:, day - 1], cap)
+        hits = np.bincount(capped[y], minlength=cap + 1)
+        misses = np.bincount(capped[~y], minlength=cap + 1)
         for times in THRESHOLD_TIMES:
-            chosen = counts >= times
-            if chosen.sum() < rules.min_users or (~chosen).sum() < rules.min_users:
+            a, b = int(hits[times:].sum()), int(misses[times:].sum())
+            c, d = int(hits[:times].sum()), int(misses[:times].sum())
+            if a + b < rules.min_users or c + d < rules.min_users:
                 continue
-            phi = _phi(chosen, y)
+            phi = _phi(a, b, c, d)
             if phi > best_phi:
                 best_phi = phi
-                best = _rule_stats(chosen, y, times, day, phi)
-    return best
+                best = (phi, times, day)
+    if best is None:
+        return {}
+    phi, times, day = best
+    return _rule_stats(by_day[:, day - 1] >= times, y, times, day, phi)
 
 
-def _phi(chosen: np.ndarray, y: np.ndarray) -> float:
-    a = float((chosen & y).sum())
-    b = float((chosen & ~y).sum())
-    c = float((~chosen & y).sum())
-    d = float((~chosen & ~y).sum())
+def _phi(a: float, b: float, c: float, d: float) -> float:
+    """Phi of the 2x2 table (rule and activated, rule and not, no rule and activated, ...)."""
+    a, b, c, d = float(a), float(b), float(c), float(d)
     denominator = math.sqrt((a + b) * (c + d) * (a + c) * (b + d))
     return (a * d - b * c) / denominator if denominator else 0.0
 
@@ -743,14 +766,14 @@ def landmark_summary(
         shared = ""
         if early.any() and buckets.events:
             positions = np.flatnonzero(early)
-            before = buckets.at(positions, np.clip(hours[positions], 0, None))
-            rest = buckets.at(
+            before = buckets.did_before(positions, np.clip(hours[positions], 0, None))
+            rest = buckets.did_before(
                 np.flatnonzero(population), np.full(int(population.sum()), float(landmark))
             )
             shares = []
-            for event in buckets.events:
-                share = float((before[f"n_{event}"] > 0).mean())
-                other = float((rest[f"n_{event}"] > 0).mean()) if len(rest) else np.nan
+            for i, event in enumerate(buckets.events):
+                share = float(before[:, i].mean())
+                other = float(rest[:, i].mean()) if len(rest) else np.nan
                 shares.append((share, event, other))
             shares.sort(reverse=True)
             shared = "; ".join(

@@ -20,6 +20,7 @@ import ibis.expr.types as ir
 import pandas as pd
 
 from onboarding_pipeline.config import ProductConfig
+from onboarding_pipeline.warehouse.resource import milliseconds_between
 
 SEGMENT_COLUMNS = ("role", "company_size", "plan", "use_case", "tech_savvy")
 
@@ -77,7 +78,7 @@ def early_events(events: ir.Table, outcomes: ir.Table, config: ProductConfig) ->
         & ~joined.event_name.isin(config.aha_events)
     )
     # Millisecond differences: the same number on every engine.
-    hours = early.timestamp.delta(early._signup_at, unit="millisecond").cast("float64") / 3.6e6
+    hours = milliseconds_between(early.timestamp, early._signup_at).cast("float64") / 3.6e6
     return early.select("user_id", "event_name", "timestamp", hours_since_signup=hours)
 
 

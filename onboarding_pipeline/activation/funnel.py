@@ -91,18 +91,26 @@ def signup_week(signup_at: pd.Series) -> pd.Series:
 def step_times(users: pd.DataFrame, first_events: pd.DataFrame, steps: list[str]) -> pd.DataFrame:
     """First time of each step per user: rows aligned with `users`, one column per step."""
     relevant = first_events[first_events["event_name"].isin(steps)]
-    first = (
-        relevant.assign(first_at=as_utc(relevant["first_at"]))
-        # Defensive: first_events should already hold one row per (user, event).
-        .groupby(["user_id", "event_name"])["first_at"]
-        .min()
-        .unstack("event_name")
-    )
-    first = first.reindex(index=pd.Index(users["user_id"]), columns=steps)
-    first.index = users.index
-    # Columns of a step nobody did come back as object; keep them datetime for comparisons.
-    for step in steps:
-        first[step] = pd.to_datetime(first[step], utc=True)
+    stamps = as_utc(relevant["first_at"])
+    known = stamps.notna().to_numpy()
+    unit = stamps.dt.unit
+    ticks = stamps.to_numpy(dtype=f"datetime64[{unit}]").view(np.int64)[known]
+    # Codes instead of a (user, step) groupby and pivot: first_events should already hold
+    # one row per (user, event), and the earliest wins if not.
+    person, people = pd.factorize(relevant["user_id"][known])
+    step = pd.Index(steps).get_indexer(pd.Index(relevant["event_name"][known]))
+    never = np.iinfo(np.int64).max
+    # One row per user with a step, and a last row of "never" for everyone else.
+    flat = np.full((len(people) + 1) * len(steps), never, dtype=np.int64)
+    np.minimum.at(flat, person * len(steps) + step, ticks)
+    earliest = flat.reshape(len(people) + 1, len(steps))
+    rows = people.get_indexer(pd.Index(users["user_id"]))
+    rows[rows < 0] = len(people)
+    first = pd.DataFrame(index=users.index)
+    for position, name in enumerate(steps):
+        column = earliest[rows, position]
+        column[column == never] = np.iinfo(np.int64).min  # NaT
+        first[name] = pd.to_datetime(column.view(f"datetime64[{unit}]"), utc=True)
     return first
 
 

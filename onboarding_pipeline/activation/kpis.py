@@ -24,6 +24,7 @@ KPI over every user. `meets_target` compares with `targets` (lower is better for
 
 from __future__ import annotations
 
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
@@ -36,6 +37,7 @@ from onboarding_pipeline.activation.funnel import (
     utc_timestamp,
 )
 from onboarding_pipeline.config.product import KpiTargets
+from onboarding_pipeline.warehouse.resource import milliseconds_between
 
 ALL_WEEKS = "all"
 KPI_COLUMNS = [
@@ -150,6 +152,22 @@ def onboarding_kpis(
     out = pd.concat(parts, ignore_index=True)
     out = _with_targets(out, targets)
     return _ordered(out, list(ratios))
+
+
+def retention_activity(events: ir.Table, users: ir.Table, retention_days: int) -> ir.Table:
+    """`user_id, day` (UTC calendar days with an event) as `_retained` reads them, only near
+    each user's retention week: events more than `retention_days` - 1 and less than
+    `retention_days` + 7 days after signup, which hold every calendar day of that week (a day
+    offset d means a time difference strictly between d - 1 and d + 1 days). Every active
+    day of every user would be millions of rows to fetch and look up at 10M events."""
+    people = users.select(_user_id=users.user_id, _signup_at=users.signup_at)
+    joined = events.join(people, events.user_id == people._user_id)
+    elapsed = milliseconds_between(joined.timestamp, joined._signup_at)
+    day = 86_400_000
+    near = joined.filter(
+        (elapsed >= (retention_days - 1) * day) & (elapsed <= (retention_days + 7) * day)
+    )
+    return near.select("user_id", day=near.timestamp.truncate("D")).distinct()
 
 
 def _retained(users: pd.DataFrame, activity_days: pd.DataFrame, retention_days: int) -> pd.Series:
