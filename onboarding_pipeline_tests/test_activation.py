@@ -10,9 +10,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import ibis
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import roc_auc_score
 
 from onboarding_pipeline.activation.assets import feature_events
@@ -30,9 +35,14 @@ from onboarding_pipeline.activation.model import (
     ActivationModel,
     ModelRefused,
     ModelStore,
+    Recalibrated,
+    cross_fitted,
     in_flight,
     judge,
     landmark_frame,
+    platt_scaling,
+    rank_auc,
+    top_features,
     train_activation_model,
 )
 from onboarding_pipeline.config import ProductConfig
@@ -40,6 +50,7 @@ from onboarding_pipeline.modeling.sessions import write_sessions
 from onboarding_pipeline.sample_data import generate_sample
 from onboarding_pipeline.sample_data.generator import true_landmark_probability
 from onboarding_pipeline.warehouse import WarehouseResource
+from onboarding_pipeline.warehouse.resource import milliseconds_between
 from onboarding_pipeline_tests.conftest import ingest_all
 
 WINDOW = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
@@ -564,3 +575,127 @@ def test_gate_refuses_a_model_that_cannot_be_told_from_chance(model: ActivationM
     [reason] = verdict["reasons"]
     assert "cannot be told from chance" in reason and "`model.validation_fraction`" in reason
     assert judge(model, None, CONFIG.model)[0]
+
+
+# The fast paths of the 10M-event rework (issue 10) against the plain computations they replace:
+# the same numbers, not approximately the same.
+
+
+def test_epoch_milliseconds_count_like_delta_on_duckdb() -> None:
+    con = ibis.duckdb.connect()
+    con.raw_sql("SET TimeZone = 'Europe/Berlin'")  # a DST change between the two moments
+    later = ["2026-01-01 00:00:00.0015", "2026-03-29 01:30:00", "2026-03-29 04:00:00.999999"]
+    earlier = ["2025-12-31 23:00:00.0009", "2026-03-28 00:30:00.9999", "2026-03-29 00:59:59"]
+    frame = pd.DataFrame(
+        {
+            "later": pd.to_datetime(later, format="ISO8601", utc=True),
+            "earlier": pd.to_datetime(earlier, format="ISO8601", utc=True),
+        }
+    )
+    pairs = con.create_table("pairs", frame)
+    fast = milliseconds_between(pairs.later, pairs.earlier)
+    compiled = str(ibis.to_sql(pairs.select(fast=fast), dialect="duckdb")).upper()
+    assert "EPOCH_MS" in compiled and "DATE_DIFF" not in compiled
+    got = con.execute(pairs.select(fast=fast, slow=pairs.later.delta(pairs.earlier, unit="ms")))
+    # Millisecond boundaries crossed, whatever the session's time zone.
+    micros = [frame[c].astype("datetime64[us, UTC]").astype("int64") for c in frame.columns]
+    expected = (micros[0] // 1000 - micros[1] // 1000).tolist()
+    assert got.fast.tolist() == got.slow.tolist() == expected == [3_600_001, 89_999_001, 10_801_999]
+
+
+def test_platt_scaling_on_decision_values_is_the_frozen_booster_calibration() -> None:
+    rng = np.random.default_rng(3)
+    x = pd.DataFrame(rng.normal(size=(3000, 4)), columns=list("abcd"))
+    y = (x.a + rng.normal(size=3000) > 0.8).astype(int).to_numpy()
+    booster = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(x, y)
+    decision = booster.decision_function(x)
+    served = Recalibrated(booster, platt_scaling(decision, y))
+    reference = CalibratedClassifierCV(FrozenEstimator(booster), method="sigmoid").fit(x, y)
+    assert np.array_equal(served.predict_proba(x), reference.predict_proba(x))
+    # Cross-fitted: each half of the users scored by a calibration fitted on the other half.
+    users = pd.Series([f"u{i // 3}" for i in range(len(x))])
+    halves = np.random.default_rng(0).permutation(users.nunique()) % 2
+    half_of = pd.Series(halves, index=users.unique()).reindex(users).to_numpy()
+    expected = np.empty(len(x))
+    for half in (0, 1):
+        fit, score = half_of != half, half_of == half
+        calibrator = CalibratedClassifierCV(FrozenEstimator(booster), method="sigmoid")
+        expected[score] = calibrator.fit(x[fit], y[fit]).predict_proba(x[score])[:, 1]
+    assert np.array_equal(cross_fitted(decision, y, users, 0), expected)
+
+
+def test_rank_auc_is_roc_auc_with_ties() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.random(4000) < 0.3
+    scores = np.round(rng.random(4000) + 0.3 * y, 1)  # many ties
+    assert rank_auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+
+
+def test_top_features_are_the_drops_of_shuffling_every_row() -> None:
+    rng = np.random.default_rng(8)
+    x = pd.DataFrame(
+        {
+            "count": rng.poisson(0.3, 2500).astype(float),  # mostly zeros: few rows change
+            "hours": np.where(rng.random(2500) < 0.5, np.nan, rng.random(2500) * 72),
+            "constant": 72.0,
+            "noise": rng.normal(size=2500),
+        }
+    )
+    y = (x["count"] + rng.normal(size=2500) * 0.5 > 0.6).astype(int).to_numpy()
+    booster = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(x, y)
+    # The plain method: every shuffled copy whole, scored with roc_auc_score.
+    draws = np.random.default_rng(0)
+    sample = x.sample(1500, random_state=0)
+    y_sample = pd.Series(y, index=x.index).loc[sample.index].to_numpy()
+    baseline = roc_auc_score(y_sample, booster.predict_proba(sample)[:, 1])
+    drops = {}
+    for column in sample.columns:
+        lost = []
+        for _ in range(3):
+            shuffled = sample.copy()
+            shuffled[column] = draws.permutation(shuffled[column].to_numpy())
+            lost.append(baseline - roc_auc_score(y_sample, booster.predict_proba(shuffled)[:, 1]))
+        drops[column] = (round(float(np.mean(lost)), 4), round(float(np.std(lost)), 4))
+    ranked = top_features(booster, x, y, seed=0)
+    assert ranked[0]["feature"] == "count" and ranked[0]["auc_drop"] > 0.1
+    assert {row["feature"]: (row["auc_drop"], row["std"]) for row in ranked} == drops
+    assert drops["constant"] == (0.0, 0.0)
+
+
+def test_bucket_fast_paths_give_the_plain_sums(world: World) -> None:
+    closed = np.flatnonzero(world.features.window_closed.to_numpy(dtype=bool))
+    by_user_id = world.buckets(closed, 168)
+    # Keyed by position in the warehouse (what the assets pull): the same buckets.
+    people = ibis.memtable(
+        pa.table(
+            {
+                "user_id": world.features.user_id.iloc[closed].astype(str).tolist(),
+                "signup_at": pa.array(
+                    world.features.signup_at.iloc[closed], pa.timestamp("us", tz="UTC")
+                ),
+                "position": closed,
+            }
+        )
+    )
+    by_position = load_buckets(
+        world.warehouse,
+        world.warehouse.table("raw_events"),
+        world.warehouse.table("sessions"),
+        people,
+        world.features.user_id,
+        world.events,
+        CONFIG,
+        168,
+    )
+    ages = np.random.default_rng(1).integers(1, 168, len(closed)).astype(float)
+    behaviour = by_user_id.at(closed, ages)
+    pd.testing.assert_frame_equal(by_position.at(closed, ages), behaviour)
+    did = np.column_stack([behaviour[f"n_{e}"].to_numpy() > 0 for e in world.events])
+    assert np.array_equal(by_position.did_before(closed, ages), did)
+    # A segment's daily counts, cut from its population's, are its own daily counts.
+    segment = np.flatnonzero(world.features.role.iloc[closed].to_numpy() == "admin")
+    assert 0 < len(segment) < len(closed)
+    whole = by_position.daily_counts(closed, 7)
+    own = by_position.daily_counts(closed[segment], 7)
+    for event in range(len(world.events)):
+        assert np.array_equal(whole.subset(segment).by_day(event), own.by_day(event))

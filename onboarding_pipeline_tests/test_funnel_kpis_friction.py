@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import ibis
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,8 +16,8 @@ from onboarding_pipeline.activation.friction import (
     DEFAULT_FIXES,
     friction_clusters,
 )
-from onboarding_pipeline.activation.funnel import FUNNEL_COLUMNS, build_funnel
-from onboarding_pipeline.activation.kpis import KPI_COLUMNS, onboarding_kpis
+from onboarding_pipeline.activation.funnel import FUNNEL_COLUMNS, build_funnel, step_times
+from onboarding_pipeline.activation.kpis import KPI_COLUMNS, onboarding_kpis, retention_activity
 from onboarding_pipeline.config.product import KpiTargets
 
 WATERMARK = pd.Timestamp("2026-03-01T00:00:00Z")
@@ -420,3 +421,67 @@ def test_friction_with_few_dropped_users_is_empty() -> None:
     )
     assert clusters.empty and list(clusters.columns) == CLUSTER_COLUMNS
     assert assignment.empty
+
+
+def test_step_times_are_the_earliest_time_of_each_step() -> None:
+    users = pd.DataFrame({"user_id": ["a", "b", "c", "d"]}, index=[10, 11, 12, 13])
+    first = events_frame(
+        [
+            ("a", "A", "2026-01-01T00:00Z", 5),
+            ("a", "A", "2026-01-01T00:00Z", 2),  # a duplicate row: the earlier one counts
+            ("a", "B", "2026-01-01T00:00Z", 7),
+            ("c", "B", "2026-01-01T00:00Z", 1),
+            ("z", "A", "2026-01-01T00:00Z", 1),  # not one of the users
+            ("b", "other", "2026-01-01T00:00Z", 1),  # not a step
+        ]
+    )
+    times = step_times(users, first, STEPS)
+    assert list(times.columns) == STEPS and times.index.tolist() == [10, 11, 12, 13]
+    assert times.loc[10, "A"] == ts("2026-01-01T02:00Z") and times.loc[10, "B"] == ts(
+        "2026-01-01T07:00Z"
+    )
+    assert times.loc[12, "B"] == ts("2026-01-01T01:00Z")
+    assert times.loc[[11, 13]].isna().all().all() and times["C"].isna().all()  # C: nobody
+    assert all(str(dtype) == "datetime64[us, UTC]" for dtype in times.dtypes)
+    assert step_times(users, first.iloc[:0], STEPS).isna().all().all()
+
+
+def test_retention_activity_holds_every_day_the_retention_week_counts() -> None:
+    """The warehouse reads only events near each user's retention week: the retention KPI is
+    the one every active day gives, at the edges of the week too."""
+    moments = [  # (signup, event): calendar-day offset, retention week = offsets 30..36
+        ("2026-01-10T23:30Z", "2026-02-08T00:06Z"),  # 29: out
+        ("2026-01-10T23:59:59.999Z", "2026-02-09T00:00Z"),  # 30, 29 days + 1 ms later: in
+        ("2026-01-10T00:00Z", "2026-02-15T23:59:59.999Z"),  # 36, almost 37 days later: in
+        ("2026-01-10T00:00Z", "2026-02-16T00:00Z"),  # 37: out
+        ("2026-01-10T12:00Z", "2026-01-10T14:00Z"),  # 0: out
+        ("2026-01-10T12:00Z", "2026-04-10T12:00Z"),  # 90: out
+        ("2026-01-10T12:00Z", "2026-02-09T12:00Z"),  # 30: in
+        ("2026-01-10T23:30Z", "2026-01-09T10:00Z"),  # before signup: out
+    ]
+    ids = [f"r{i}" for i in range(len(moments))]
+    users = pd.DataFrame({"user_id": ids, "signup_at": [ts(m[0]) for m in moments]})
+    events = pd.DataFrame({"user_id": ids, "timestamp": [ts(m[1]) for m in moments]})
+    con = ibis.duckdb.connect()
+    event_table = con.create_table("events", events)
+    every_day = event_table.select("user_id", day=event_table.timestamp.truncate("D")).distinct()
+    near = retention_activity(event_table, con.create_table("users", users), retention_days=30)
+
+    def retained(activity: pd.DataFrame) -> list[float]:
+        table = onboarding_kpis(
+            users.assign(first_aha_at=pd.NaT, activated=False),
+            events_frame([]),
+            activity,
+            window_days=WINDOW_DAYS,
+            tiers_days=[],
+            retention_days=30,
+            onboarding_steps=[],
+            targets=KpiTargets(),
+            watermark=ts("2026-06-01T00:00Z"),
+        )
+        row = table.query("kpi == 'retention_rate' and signup_week == 'all'").iloc[0]
+        return [row["numerator"], row["denominator"]]
+
+    everything, nearby = con.execute(every_day), con.execute(near)
+    assert retained(nearby) == retained(everything) == [3.0, 8.0]  # r1, r2, r6
+    assert len(nearby) < len(everything)

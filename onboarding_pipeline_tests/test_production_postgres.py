@@ -186,7 +186,7 @@ def test_the_daemon_runs_the_landing_sensor_on_the_postgres_instance(
     """`dagster-daemon` with the committed dagster.yaml: the landing sensor sees the files, the
     queued run coordinator launches `daily_refresh`, it succeeds, and freshness is evaluated."""
     data = tmp_path / "data"
-    generate_sample(data, users=800, seed=6, progress=False)
+    generate_sample(data, users=300, seed=6, progress=False)  # a run, not the statistics
     shutil.copy(SAMPLE_DATA_DIR / "onboarding.yaml", data / "onboarding.yaml")
     settled = time.time() - 3600  # completely copied, as far as the sensor can tell
     for path in data.rglob("*"):

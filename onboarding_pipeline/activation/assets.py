@@ -1,10 +1,11 @@
 """Activation assets: features, model (with its quality gate), scores, critical path."""
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ibis
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -21,6 +22,7 @@ from dagster import (
 from onboarding_pipeline.activation.critical_path import critical_path as judge_events
 from onboarding_pipeline.activation.critical_path import landmark_summary
 from onboarding_pipeline.activation.features import (
+    SEGMENT_COLUMNS,
     build_features,
     count_true,
     leakage_violations,
@@ -59,17 +61,36 @@ from onboarding_pipeline.warehouse.tables import (
 USER_FEATURES = "user_features"
 
 
-def load_features(warehouse: WarehouseResource) -> pd.DataFrame:
+# What the model, the scores, the critical path and the landmark table read of each user
+# (behaviour comes from the hour buckets): a fifth of the table's columns.
+OUTCOME_COLUMNS = (
+    "user_id",
+    "signup_at",
+    *SEGMENT_COLUMNS,
+    "first_aha_at",
+    "activated",
+    "window_closed",
+    "activation_at",
+    "label",
+)
+
+
+def load_features(warehouse: WarehouseResource, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """`user_features` (only `columns`, if given), one row per user, ordered by user id."""
     # Ordered by user: engines return rows in any order, and the model's row order must not
     # depend on it (the same data gives the same model version on DuckDB and PostgreSQL).
     # Sorted in Arrow (by code point, whatever the engine's collation): an ORDER BY made
     # the engine sort every wide row and took twice as long as the read itself.
-    frame = warehouse.to_pyarrow(warehouse.table(USER_FEATURES)).sort_by("user_id").to_pandas()
+    table = warehouse.table(USER_FEATURES)
+    if columns:
+        table = table.select(*columns)
+    frame = warehouse.to_pyarrow(table).sort_by("user_id").to_pandas()
     frame.index = pd.Index(frame.user_id.to_numpy())  # look-ups by user id; column kept
     return frame
 
 
-def feature_events(features: pd.DataFrame) -> list[str]:
+def feature_events(features: pd.DataFrame | ir.Table) -> list[str]:
+    """The modelled events, from the `n_<event>` columns of a frame or of the table."""
     return [c.removeprefix("n_") for c in features.columns if c.startswith("n_")]
 
 
@@ -103,7 +124,7 @@ def user_buckets(
         warehouse.table(SESSIONS.name),
         people,
         features.user_id,
-        feature_events(features),
+        feature_events(warehouse.table(USER_FEATURES)),
         config,
         max_hours,
     )
@@ -217,7 +238,7 @@ def activation_model(
     failure: scores, health and the queue go on with the current model or with rules.
     """
     config = product_config.load()
-    features = load_features(warehouse).reset_index(drop=True)
+    features = load_features(warehouse, OUTCOME_COLUMNS).reset_index(drop=True)
     store = ModelStore(outputs.folder("models"))
     landmarks = config.landmarks()
     ages = scoring_ages(landmarks, config.activation_window_days)
@@ -342,7 +363,7 @@ def activation_scores(
     current model; plus the model's validation predictions at the main landmark. Without an
     accepted model the rows are still there, with no probability and the reason."""
     config = product_config.load()
-    features = load_features(warehouse).reset_index(drop=True)
+    features = load_features(warehouse, OUTCOME_COLUMNS).reset_index(drop=True)
     store = ModelStore(outputs.folder("models"))
     model = store.load_current_or_none()
     now = pd.Timestamp(
@@ -442,8 +463,8 @@ def critical_path(
     Association, not cause: an experiment is what proves cause.
     """
     config = product_config.load()
-    features = load_features(warehouse).reset_index(drop=True)
-    names = feature_events(features)
+    features = load_features(warehouse, OUTCOME_COLUMNS).reset_index(drop=True)
+    names = feature_events(warehouse.table(USER_FEATURES))
     landmarks = config.landmarks()
     buckets = user_buckets(warehouse, config, features, closed_positions(features), max(landmarks))
     result = judge_events(
@@ -511,7 +532,7 @@ def landmark_populations(
     how fast, which early events they share), reported apart, and the population left for the
     model and the critical path, with its activation rate."""
     config = product_config.load()
-    features = load_features(warehouse).reset_index(drop=True)
+    features = load_features(warehouse, OUTCOME_COLUMNS).reset_index(drop=True)
     landmarks = config.landmarks()
     buckets = user_buckets(warehouse, config, features, closed_positions(features), max(landmarks))
     table = landmark_summary(features, buckets, landmarks)
@@ -565,7 +586,7 @@ def funnel(
     size, plan and signup week. A last step that is an aha event is activation as the
     `activation_rate` KPI counts it."""
     config = product_config.load()
-    features = load_features(warehouse)
+    features = load_features(warehouse, OUTCOME_COLUMNS)
     now = now_of(
         warehouse.table(RAW_EVENTS.name),
         config,
@@ -620,7 +641,7 @@ def onboarding_kpis(
     """Activation rate, time to first value (median, p75), tiered activation, retention and
     onboarding completion per signup week, with counts, Wilson intervals and targets."""
     config = product_config.load()
-    features = load_features(warehouse)
+    features = load_features(warehouse, OUTCOME_COLUMNS)
     events = warehouse.table(RAW_EVENTS.name)
     now = now_of(events, config, warehouse.connect(), warehouse.table(RAW_USERS.name))
     steps = [s for s in config.funnel_steps if s not in config.aha_events]
@@ -662,7 +683,8 @@ def friction_clusters(
     """Users who dropped off, clustered by early behaviour into a few archetypes, each in
     words (distinguishing events, the step where it stalls) with a recommended fix."""
     config = product_config.load()
-    features = load_features(warehouse)
+    counts = [f"n_{name}" for name in feature_events(warehouse.table(USER_FEATURES))]
+    features = load_features(warehouse, [*OUTCOME_COLUMNS, *counts])
     steps = list(config.funnel_steps)
     firsts = first_occurrences(warehouse, [*steps, *config.aha_events])
     early = features[[c for c in features.columns if c.startswith("n_")]]

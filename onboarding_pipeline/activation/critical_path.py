@@ -77,13 +77,22 @@ class Population:
     daily: DailyCounts | None = None  # counts by the end of each day (lazy)
     # Engagement and segments (built once): values (users x covariates) and their names.
     covariates: tuple[np.ndarray, list[str]] | None = None
+    # A segment: the population it is part of, and its users' rows there.
+    part_of: tuple[Population, np.ndarray] | None = None
+
+    def daily_counts(self, buckets: Buckets) -> DailyCounts:
+        if self.daily is None:
+            if self.part_of is not None:  # the whole population's counts, cut down
+                whole, rows = self.part_of
+                self.daily = whole.daily_counts(buckets).subset(rows)
+            else:
+                self.daily = buckets.daily_counts(self.positions, self.landmark_hours // 24)
+        return self.daily
 
     def counts_by_day(self, buckets: Buckets, event: int) -> np.ndarray:
         """(users x days): how often each user did event `event` (its position in
         `buckets.events`) by the end of each day of their life before the landmark."""
-        if self.daily is None:
-            self.daily = buckets.daily_counts(self.positions, self.landmark_hours // 24)
-        return self.daily.by_day(event)
+        return self.daily_counts(buckets).by_day(event)
 
 
 # One BLAS thread: the regressions are small, and threads fighting over two cores made them
@@ -131,6 +140,7 @@ def critical_path(
                     members.reset_index(drop=True),
                     behaviour.iloc[index].reset_index(drop=True),
                     positions[index],
+                    part_of=(overall, index),
                 )
                 frames.append(
                     _judge(part, buckets, first_seen, rules, SEGMENT_REGRESSION_USERS, seed)
@@ -601,16 +611,16 @@ def _threshold(
     best: tuple[float, int, int] | None = None
     best_phi = 0.0
     by_day = population.counts_by_day(buckets, position)[keep]
-    # Users per count (capped at the largest threshold), activated or not: every rule's
-    # 2x2 table is a tail sum of these, one pass over the users per day.
+    # Users per day and count (capped at the largest threshold), activated or not: every
+    # rule's 2x2 table is a tail sum of these, one pass over the users for all rules.
     cap = max(THRESHOLD_TIMES)
+    cells = np.minimum(by_day, cap) + np.arange(days) * (cap + 1)
+    hits = np.bincount(cells[y].ravel(), minlength=days * (cap + 1)).reshape(days, cap + 1)
+    misses = np.bincount(cells[~y].ravel(), minlength=days * (cap + 1)).reshape(days, cap + 1)
     for day in range(1, days + 1):
-        capped = np.minimum(by_day[:, day - 1], cap)
-        hits = np.bincount(capped[y], minlength=cap + 1)
-        misses = np.bincount(capped[~y], minlength=cap + 1)
         for times in THRESHOLD_TIMES:
-            a, b = int(hits[times:].sum()), int(misses[times:].sum())
-            c, d = int(hits[:times].sum()), int(misses[:times].sum())
+            a, b = int(hits[day - 1, times:].sum()), int(misses[day - 1, times:].sum())
+            c, d = int(hits[day - 1, :times].sum()), int(misses[day - 1, :times].sum())
             if a + b < rules.min_users or c + d < rules.min_users:
                 continue
             phi = _phi(a, b, c, d)

