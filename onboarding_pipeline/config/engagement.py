@@ -210,24 +210,22 @@ class DeliverySettings(_Strict):
             return None
         if not value.startswith(("https://", "mailto:")):
             raise ValueError("unsubscribe_url must start with https:// or mailto:")
-        try:
-            value.format(user_id="u", token="t")
-        except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(
-                f"unsubscribe_url may only use {{user_id}} and {{token}} ({error})"
-            ) from None
-        return value
+        return _template("unsubscribe_url", value, ("user_id", "token"))
 
     @field_validator("email_subject")
     @classmethod
     def _subject_template(cls, value: str) -> str:
-        try:
-            value.format(next_action="a", first_name="b")
-        except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(
-                f"email_subject may only use {{next_action}} and {{first_name}} ({error})"
-            ) from None
-        return value
+        return _template("email_subject", value, ("next_action", "first_name"))
+
+
+def _template(key: str, value: str, fields: tuple[str, ...]) -> str:
+    """`value` if it formats with `fields` alone (a typo in a placeholder fails at load)."""
+    try:
+        value.format(**{name: "x" for name in fields})
+    except (KeyError, IndexError, ValueError) as error:
+        allowed = " and ".join(f"{{{name}}}" for name in fields)
+        raise ValueError(f"{key} may only use {allowed} ({error})") from None
+    return value
 
 
 class InterventionRules(_Strict):

@@ -415,6 +415,8 @@ def assignment_outcomes(
     """Each assigned user's first assignment, with the outcome at its fixed follow-up."""
     rules = config.interventions
     assignments = first_assignments(ledger_history(warehouse, rules.experiment))
+    if assignments.empty:
+        return assignments.assign(final=pd.Series(dtype=bool), activated=pd.Series(dtype=float))
     features = warehouse.table(USER_FEATURES)
     ledger = warehouse.table(INTERVENTION_LEDGER.name)
     assigned = ledger.filter(ledger.experiment == rules.experiment).select(
@@ -425,8 +427,6 @@ def assignment_outcomes(
             "user_id", "signup_at", "activation_at"
         )
     )
-    if assignments.empty:
-        return assignments.assign(final=pd.Series(dtype=bool), activated=pd.Series(dtype=float))
     return final_outcomes(
         assignments,
         users,

@@ -62,11 +62,8 @@ def user_timeline_rows(
         _ledger(warehouse, ids, experiment),
         _deliveries(warehouse, ids, experiment),
     ]
-    rows = (
-        pd.concat([f for f in frames if len(f)], ignore_index=True)
-        if any(len(f) for f in frames)
-        else pd.DataFrame(columns=TIMELINE_COLUMNS)
-    )
+    found = [frame for frame in frames if len(frame)]
+    rows = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=TIMELINE_COLUMNS)
     rows["at"] = pd.to_datetime(rows["at"], utc=True)
     order = rows.kind.map(KIND_ORDER).fillna(9)
     rows = rows.assign(_order=order).sort_values(["user_id", "at", "_order", "detail"])

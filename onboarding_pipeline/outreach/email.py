@@ -108,22 +108,19 @@ def deliver_email(
     `people`: user id -> {email, first_name}."""
     if not keys:
         return
+
+    def message_for(key: str, msgid: str) -> Any:
+        row = ledger.rows[key]
+        person = people[str(row["user_id"])]
+        return build_message(
+            row, person["email"], person.get("first_name"), email.sender, settings, outreach, msgid
+        )
+
     if not email.configured:
         folder = outbox / "email"
         folder.mkdir(parents=True, exist_ok=True)
         for key in keys:
-            row = ledger.rows[key]
-            person = people[str(row["user_id"])]
-            local_id = message_id(f"outbox:{key}", email.sender)
-            message = build_message(
-                row,
-                person["email"],
-                person.get("first_name"),
-                email.sender,
-                settings,
-                outreach,
-                local_id,
-            )
+            message = message_for(key, message_id(f"outbox:{key}", email.sender))
             path = folder / f"{key}.eml"
             path.write_bytes(bytes(message))
             ledger.update(key, status=OUTBOX, outbox_path=str(path), last_attempt_on=today)
@@ -138,15 +135,7 @@ def deliver_email(
                 person = people[str(row["user_id"])]
                 idempotency_key = str(row.get("idempotency_key") or message_key(key))
                 msgid = message_id(idempotency_key, email.sender)
-                message = build_message(
-                    row,
-                    person["email"],
-                    person.get("first_name"),
-                    email.sender,
-                    settings,
-                    outreach,
-                    msgid,
-                )
+                message = message_for(key, msgid)
                 ledger.intend(key, idempotency_key, today)
                 try:
                     smtp.send(message, person["email"])

@@ -10,7 +10,7 @@ posting again."""
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from onboarding_pipeline.outreach.ledger import (
     DeliveryLedger,
     short_error,
 )
-from onboarding_pipeline.reporting.delivery import slack_channel_id, slack_escape
+from onboarding_pipeline.reporting.delivery import find_slack_post, slack_escape
 
 # `event_type` of the hand-off's metadata: how a rerun recognises its own post.
 SLACK_METADATA_EVENT = "onboarding_intervention_handoff"
@@ -81,26 +81,6 @@ def handoff_blocks(text: str) -> list[dict[str, Any]]:
     return [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000], "verbatim": True}}]
 
 
-def find_handoff(
-    client: WebClient, channel: str, key: str, since: datetime | None
-) -> tuple[str, str] | None:
-    """(channel id, ts) of the hand-off carrying `key` in its metadata, posted since `since`."""
-    channel_id = slack_channel_id(client, channel)
-    oldest = f"{(since - _CLOCK_SKEW).timestamp():.6f}" if since else "0"
-    for page in client.conversations_history(
-        channel=channel_id, oldest=oldest, include_all_metadata=True, limit=200
-    ):
-        for message in page.get("messages") or []:
-            metadata = message.get("metadata") or {}
-            payload = metadata.get("event_payload") or {}
-            if (
-                metadata.get("event_type") == SLACK_METADATA_EVENT
-                and payload.get("idempotency_key") == key
-            ):
-                return channel_id, str(message["ts"])
-    return None
-
-
 def deliver_human(
     ledger: DeliveryLedger,
     keys: list[str],
@@ -141,11 +121,14 @@ def deliver_human(
             if row["status"] == SENDING:
                 # The last attempt may have posted before it died: look before posting again.
                 since = row.get("intent_at")
-                posted = find_handoff(
+                posted = find_slack_post(
                     client,
                     channel,
                     idempotency_key,
-                    pd.Timestamp(since).to_pydatetime() if since is not None else None,
+                    pd.Timestamp(since).to_pydatetime() - _CLOCK_SKEW
+                    if since is not None
+                    else None,
+                    event_type=SLACK_METADATA_EVENT,
                 )
             if posted is None:
                 ledger.intend(key, idempotency_key, today)

@@ -235,6 +235,17 @@ def report_key(
     return key + (f":forced:{forced_run}" if forced_run else "")
 
 
+def _report_message_key(
+    row: dict[str, Any] | None, week: str, channel: str, target: str, keys: MessageKeys
+) -> str:
+    """The key of this run's message of the week to `target` on `channel`."""
+    return idempotency_key(
+        row,
+        lambda: report_key(week, channel, target, keys.deployment, keys.forced_run),
+        keys.forced,
+    )
+
+
 def _attempts(row: dict[str, Any] | None) -> int:
     return int((row or {}).get("attempts") or 0) + 1
 
@@ -444,10 +455,15 @@ def slack_channel_id(client: WebClient, channel: str) -> str:
 
 
 def find_slack_post(
-    client: WebClient, channel: str, key: str, since: datetime | None
+    client: WebClient,
+    channel: str,
+    key: str,
+    since: datetime | None,
+    event_type: str = SLACK_METADATA_EVENT,
 ) -> tuple[str, str] | None:
-    """(channel id, ts) of the message carrying `key` in its metadata posted since `since`
-    (conversations.history: the channels:history / groups:history scope), or None."""
+    """(channel id, ts) of the message of `event_type` carrying `key` in its metadata posted
+    since `since` (conversations.history: the channels:history / groups:history scope), or
+    None."""
     channel_id = slack_channel_id(client, channel)
     oldest = f"{since.timestamp():.6f}" if since else "0"
     for page in client.conversations_history(
@@ -456,10 +472,7 @@ def find_slack_post(
         for message in page.get("messages") or []:
             metadata = message.get("metadata") or {}
             payload = metadata.get("event_payload") or {}
-            if (
-                metadata.get("event_type") == SLACK_METADATA_EVENT
-                and payload.get("idempotency_key") == key
-            ):
+            if metadata.get("event_type") == event_type and payload.get("idempotency_key") == key:
                 return channel_id, str(message["ts"])
     return None
 
@@ -506,11 +519,7 @@ def deliver_slack(
         result.outbox.append(name)
         ledger.save()
         return
-    key = idempotency_key(
-        row,
-        lambda: report_key(data.week, "slack", channel, keys.deployment, keys.forced_run),
-        keys.forced,
-    )
+    key = _report_message_key(row, data.week, "slack", channel, keys)
     if not _due(row, key, keys.forced):
         result.skipped.append(name)
         return
@@ -615,11 +624,7 @@ def deliver_notion(
         result.outbox.append(name)
         ledger.save()
         return
-    key = idempotency_key(
-        row,
-        lambda: report_key(data.week, "notion", database_id, keys.deployment, keys.forced_run),
-        keys.forced,
-    )
+    key = _report_message_key(row, data.week, "notion", database_id, keys)
     if not _due(row, key, keys.forced):
         result.skipped.append(name)
         return
