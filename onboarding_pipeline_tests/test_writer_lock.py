@@ -283,6 +283,19 @@ def test_two_full_runs_at_once_on_postgres(  # type: ignore[no-untyped-def]
         ("email", recipients[1], "sent", 1),
         ("slack", "#onboarding", "sent", 1),
     ]
-    # One delivery per channel: one Slack post, one email per recipient.
-    assert slack.count("chat.postMessage") == 1
-    assert sorted(e.rcpt_tos[0] for e in inbox.envelopes) == recipients
+    # One delivery per channel: one Slack post of the report, one email per recipient, and
+    # each intervention hand-off once.
+    kinds = [(m["metadata"] or {}).get("event_type") for m in slack.messages]
+    assert kinds.count("onboarding_weekly_report") == 1
+    handoffs = [
+        m["metadata"]["event_payload"]["idempotency_key"]
+        for m in slack.messages
+        if (m["metadata"] or {}).get("event_type") == "onboarding_intervention_handoff"
+    ]
+    assert len(handoffs) == len(set(handoffs))
+    assert slack.count("chat.postMessage") == 1 + len(handoffs)
+    # The report once to each of its recipients; each nudge email once to its user.
+    addressed = [e.rcpt_tos[0] for e in inbox.envelopes]
+    assert sorted(a for a in addressed if a in recipients) == recipients
+    nudged = [a for a in addressed if a not in recipients]
+    assert len(nudged) == len(set(nudged))

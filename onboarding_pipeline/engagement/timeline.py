@@ -142,15 +142,30 @@ def _ledger(warehouse: WarehouseResource, ids: ir.Table, experiment: str) -> pd.
 
 
 def _deliveries(warehouse: WarehouseResource, ids: ir.Table, experiment: str) -> pd.DataFrame:
-    """What reached the user (or their owner): each delivery that left or was held back."""
+    """What reached the user (or their owner): each delivery that left or was held back, at
+    the time it was sent, else at its queue entry's time (the data's clock, like every other
+    row; the row's `updated_at` is the wall clock of whichever run touched it last)."""
     deliveries = warehouse.table(INTERVENTION_DELIVERIES.name)
     chosen = deliveries.filter((deliveries.experiment == experiment) & (deliveries.status != "due"))
     chosen = chosen.semi_join(ids, chosen.user_id == ids._who)
+    ledger = warehouse.table(INTERVENTION_LEDGER.name)
+    queued = ledger.select(
+        _user=ledger.user_id,
+        _day=ledger.queued_on,
+        _experiment=ledger.experiment,
+        queued_at=ledger.queued_at,
+    )
+    chosen = chosen.left_join(
+        queued,
+        (chosen.user_id == queued._user)
+        & (chosen.queued_on == queued._day)
+        & (chosen.experiment == queued._experiment),
+    )
     frame = warehouse.execute(chosen)
     rows = [
         (
             entry.user_id,
-            entry.sent_at if entry.sent_at == entry.sent_at else entry.updated_at,
+            entry.sent_at if entry.sent_at == entry.sent_at else entry.queued_at,
             "delivered",
             f"{entry.channel} {entry.status} (step {entry.escalation_step}): {entry.next_action}"
             + (f" ({entry.note})" if isinstance(entry.note, str) else ""),
