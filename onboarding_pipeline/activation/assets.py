@@ -72,6 +72,7 @@ OUTCOME_COLUMNS = (
     "window_closed",
     "activation_at",
     "label",
+    "terminated_at",
 )
 
 
@@ -128,6 +129,12 @@ def user_buckets(
         config,
         max_hours,
     )
+
+
+def behaviour_columns(features: ir.Table) -> list[str]:
+    """The early-behaviour columns of `user_features` (all after the outcome columns)."""
+    columns = list(features.columns)
+    return columns[columns.index("activated_in_horizon") + 1 :]
 
 
 def closed_positions(features: pd.DataFrame) -> np.ndarray:
@@ -195,12 +202,14 @@ def user_features(
             "now": now.isoformat(),
             "feature_events": MetadataValue.json(chosen),
             "preview": preview(
-                warehouse, stored.select("user_id", "label", *stored.columns[14:20])
+                warehouse, stored.select("user_id", "label", *behaviour_columns(stored)[:6])
             ),
         }
     )
     problems = leakage_violations(
-        warehouse.execute(stored), config.observation_hours, list(config.aha_events)
+        warehouse.execute(stored),
+        config.observation_hours,
+        [*config.aha_events, *config.terminal_events],
     )
     yield AssetCheckResult(
         check_name="features_leakage_free",

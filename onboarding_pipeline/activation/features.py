@@ -47,12 +47,24 @@ def now_of(
 def user_outcomes(
     users: ir.Table, events: ir.Table, config: ProductConfig, now: datetime
 ) -> ir.Table:
-    """One row per user: signup, segments, first aha, `activated`, `window_closed`, `label`."""
+    """One row per user: signup, segments, first aha, `activated`, `window_closed`, `label`,
+    and `terminated_at` (a terminal event before any activation)."""
     window = ibis.interval(days=config.activation_window_days)
-    aha = events.filter(events.event_name.isin(config.aha_events) & (events.timestamp <= now))
+    seen = events.filter(events.timestamp <= now)
+    aha = seen.filter(seen.event_name.isin(config.aha_events))
     first_aha = aha.group_by(_aha_user=aha.user_id).agg(first_aha_at=aha.timestamp.min())
-    rows = users.left_join(first_aha, users.user_id == first_aha._aha_user)
-    activated = rows.first_aha_at.notnull() & (rows.first_aha_at <= rows.signup_at + window)
+    rows = users.left_join(first_aha, users.user_id == first_aha._aha_user).drop("_aha_user")
+    terminal_at = ibis.null("timestamp('UTC')")
+    if config.terminal_events:
+        ends = seen.filter(seen.event_name.isin(config.terminal_events))
+        first_end = ends.group_by(_end_user=ends.user_id).agg(_terminal_at=ends.timestamp.min())
+        rows = rows.left_join(first_end, rows.user_id == first_end._end_user).drop("_end_user")
+        terminal_at = rows._terminal_at
+    # An aha event after the user left (deleted their account) is not an activation.
+    before_end = terminal_at.isnull() | (rows.first_aha_at < terminal_at)
+    activated = (
+        rows.first_aha_at.notnull() & (rows.first_aha_at <= rows.signup_at + window) & before_end
+    )
     window_closed = rows.signup_at + window <= ibis.literal(now)
     return rows.select(
         "user_id",
@@ -62,7 +74,14 @@ def user_outcomes(
         activated=activated,
         window_closed=window_closed,
         activation_at=ibis.ifelse(activated, rows.first_aha_at, ibis.null("timestamp('UTC')")),
+        # Known failures, but labelled 0 only once the window closes like everyone else, so
+        # open windows stay neither failures nor successes in every rate.
         label=ibis.cases((activated, 1.0), (window_closed, 0.0), else_=ibis.null("float64")),
+        terminated_at=ibis.ifelse(
+            ~activated & (terminal_at <= rows.signup_at + window),
+            terminal_at,
+            ibis.null("timestamp('UTC')"),
+        ),
         horizon_complete=rows.signup_at + ibis.interval(hours=config.observation_hours)
         <= ibis.literal(now),
         activated_in_horizon=activated
@@ -71,11 +90,12 @@ def user_outcomes(
 
 
 def early_events(events: ir.Table, outcomes: ir.Table, config: ProductConfig) -> ir.Table:
-    """Events in the observation horizon, aha events excluded (never cut at activation)."""
+    """Events in the observation horizon, aha and terminal events excluded (they are the
+    outcome, not behaviour; never cut at activation)."""
     joined = _with_timeline(events, outcomes)
     early = joined.filter(
         _in_early_horizon(joined, joined.timestamp, config)
-        & ~joined.event_name.isin(config.aha_events)
+        & ~joined.event_name.isin([*config.aha_events, *config.terminal_events])
     )
     # Millisecond differences: the same number on every engine.
     hours = milliseconds_between(early.timestamp, early._signup_at).cast("float64") / 3.6e6
@@ -216,7 +236,7 @@ def leakage_violations(
     features: pd.DataFrame, observation_hours: int, aha_events: list[str] | None = None
 ) -> dict[str, int]:
     """Rows that would leak the outcome: behaviour after the horizon, a label on an open
-    window, an aha event among the features, or a landmark population that holds a user
+    window, an aha (or terminal) event among the features, or a landmark population that holds a user
     who had already activated by the horizon."""
     hours = features[[c for c in features.columns if c.startswith("hours_to_")]]
     latest = hours.max(axis=1)

@@ -293,16 +293,29 @@ def load_buckets(
     )
 
 
+def _hours_to(outcomes: pd.DataFrame, moment: str) -> np.ndarray:
+    """Hours from signup to `moment` per user; infinity where it never came (or no column)."""
+    if moment not in outcomes:
+        return np.full(len(outcomes), np.inf)
+    hours = (outcomes[moment] - outcomes.signup_at).dt.total_seconds().to_numpy() / 3600
+    return np.nan_to_num(hours.astype(float), nan=np.inf)
+
+
 def activated_by(outcomes: pd.DataFrame, ages_hours: np.ndarray | float) -> np.ndarray:
     """Whether each user had activated (within the window) before the given age."""
-    hours = (outcomes.activation_at - outcomes.signup_at).dt.total_seconds().to_numpy() / 3600
-    return np.nan_to_num(hours, nan=np.inf) < np.asarray(ages_hours, dtype=float)
+    return _hours_to(outcomes, "activation_at") < np.asarray(ages_hours, dtype=float)
+
+
+def left_by(outcomes: pd.DataFrame, ages_hours: np.ndarray | float) -> np.ndarray:
+    """Whether each user had a terminal event (deleted the account...) before the given age."""
+    return _hours_to(outcomes, "terminated_at") < np.asarray(ages_hours, dtype=float)
 
 
 def landmark_population(outcomes: pd.DataFrame, age_hours: float) -> np.ndarray:
-    """Closed windows, not activated by `age_hours`: who a landmark's analysis is about."""
+    """Closed windows, neither activated nor gone by `age_hours`: who a landmark's analysis
+    is about (the same risk set as a user scored at that age)."""
     closed = outcomes.window_closed.to_numpy(dtype=bool) & outcomes.label.notna().to_numpy()
-    return closed & ~activated_by(outcomes, age_hours)
+    return closed & ~activated_by(outcomes, age_hours) & ~left_by(outcomes, age_hours)
 
 
 def scoring_ages(landmarks: list[int], window_days: int) -> list[float]:
@@ -320,11 +333,11 @@ def scoring_ages(landmarks: list[int], window_days: int) -> list[float]:
 def expand_rows(
     outcomes: pd.DataFrame, ages: list[float], *, eligible: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(user positions, ages): one row per eligible user and age at which they had not
-    activated yet."""
+    """(user positions, ages): one row per eligible user and age at which they had neither
+    activated nor left yet (a scored user is in the same risk set)."""
     positions = np.flatnonzero(eligible)
-    hours = (outcomes.activation_at - outcomes.signup_at).dt.total_seconds().to_numpy() / 3600
-    hours = np.nan_to_num(hours, nan=np.inf)[positions]
+    exits = np.minimum(_hours_to(outcomes, "activation_at"), _hours_to(outcomes, "terminated_at"))
+    hours = exits[positions]
     user_rows, age_rows = [], []
     for age in ages:
         alive = hours >= age

@@ -43,6 +43,7 @@ from onboarding_pipeline.activation.features import SEGMENT_COLUMNS
 from onboarding_pipeline.activation.landmarks import (
     Buckets,
     expand_rows,
+    left_by,
 )
 from onboarding_pipeline.config.product import ModelRules
 
@@ -205,10 +206,13 @@ def training_users(
 
 
 def in_flight(outcomes: pd.DataFrame, now: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, ages in hours) of the users still onboarding: window open, not activated."""
+    """(positions, ages in hours) of the users still onboarding: window open, not activated,
+    not gone (no terminal event)."""
     outcomes = outcomes.reset_index(drop=True)
-    waiting = outcomes.label.isna().to_numpy() & ~outcomes.activated.fillna(False).to_numpy(
-        dtype=bool
+    waiting = (
+        outcomes.label.isna().to_numpy()
+        & ~outcomes.activated.fillna(False).to_numpy(dtype=bool)
+        & ~left_by(outcomes, np.inf)
     )
     positions = np.flatnonzero(waiting)
     ages = (now - outcomes.signup_at.iloc[positions]).dt.total_seconds().to_numpy() / 3600

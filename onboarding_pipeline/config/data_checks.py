@@ -3,7 +3,7 @@ occur in `raw_events`, or it is most likely a typo.
 
 - `aha_events` and `funnel_steps` that never occur are errors (`ConfigDataError`): activation,
   the model and the funnel would all be computed on an event nobody logs.
-- Milestone events (`paths`), `health.adoption_events`, `invite_events` and the stall events
+- Milestone events (`paths`), `terminal_events`, `health.adoption_events`, `invite_events` and the stall events
   (`interventions.stall`) that never occur are warnings: the pipeline runs, but a milestone
   can never be completed or a failure label never fires.
 - Defaults the user did not write (e.g. `invite_events.sent: [teammate_invited]`) that never
@@ -89,6 +89,9 @@ def configured_events(config: ProductConfig) -> Iterator[tuple[str, str, Severit
                         name,
                         "warning",
                     )
+    for index, name in enumerate(config.terminal_events):
+        # Nobody may have deleted their account yet: a warning, not an error.
+        yield f"terminal_events[{index}]", name, "warning"
     for index, name in enumerate(config.health.adoption_events):
         yield f"health.adoption_events[{index}]", name, "warning"
     invites = config.invite_events

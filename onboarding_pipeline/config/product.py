@@ -269,6 +269,10 @@ class ProductConfig(_Strict):
     # inactivity gap must stay below a day.
     session_timeout_minutes: int = Field(default=30, ge=1, le=24 * 60 - 1)
     funnel_steps: list[str] = Field(default_factory=list)
+    # Events after which a user is gone for good (account deleted, unsubscribed, withdrew):
+    # they leave the onboarding population at once (no score, no queue, no nudge), count as
+    # not activated once their window closes, and an aha event after them does not count.
+    terminal_events: list[str] = Field(default_factory=list)
     # First day of the partitions of `raw_events` and `sessions`.
     partitions_start_date: date = date(2024, 1, 1)
     # Their size: every partition costs Dagster bookkeeping (~10 ms per asset on the local
@@ -298,7 +302,7 @@ class ProductConfig(_Strict):
     interventions: InterventionRules = Field(default_factory=InterventionRules)
     report: ReportSettings = Field(default_factory=ReportSettings)
 
-    @field_validator("aha_events", "funnel_steps")
+    @field_validator("aha_events", "funnel_steps", "terminal_events")
     @classmethod
     def _names_are_unique_and_non_empty(cls, names: list[str]) -> list[str]:
         if any(not name.strip() for name in names):
@@ -306,6 +310,16 @@ class ProductConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError("event names must be unique")
         return names
+
+    @model_validator(mode="after")
+    def _terminal_events_are_not_aha(self) -> ProductConfig:
+        both = sorted(set(self.terminal_events) & set(self.aha_events))
+        if both:
+            raise ValueError(
+                f"terminal_events and aha_events both name {', '.join(map(repr, both))}: an "
+                "event cannot both activate a user and end their onboarding"
+            )
+        return self
 
     @model_validator(mode="after")
     def _segments_name_paths(self) -> ProductConfig:

@@ -1,7 +1,8 @@
 """What each user had done by a cutoff, aggregated in the warehouse.
 
 Two populations, each seen at a moment that cannot leak its outcome:
-- `onboarding`: users still onboarding (window open, not activated), seen as of now;
+- `onboarding`: users still onboarding (window open, not activated, no terminal event), seen
+  as of now;
 - `backtest`: users whose window has closed, seen as of the end of their early horizon
   (`observation_hours` after signup) or their activation moment, whichever came first. Their
   health scores are compared with what happened next, so the weights are judged on outcomes.
@@ -36,8 +37,9 @@ def people(features: ir.Table, users: ir.Table, now: datetime, observation_hours
         features.activation_at,
         horizon_end,
     )
+    # A user who left (terminal event) is not onboarding any more: no score, no queue.
     population = ibis.cases(
-        (features.label.isnull(), ONBOARDING),
+        (features.label.isnull() & features.terminated_at.isnull(), ONBOARDING),
         (features.window_closed, BACKTEST),
         else_=ibis.null("string"),
     )

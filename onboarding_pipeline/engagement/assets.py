@@ -731,6 +731,7 @@ def timelines_of(warehouse: WarehouseResource, config: ProductConfig, users: Any
         engagement_paths(warehouse, config).paths,
         config.aha_events,
         config.interventions.experiment,
+        terminal_events=config.terminal_events,
     )
 
 

@@ -1,4 +1,5 @@
-"""How a user moved: signup, milestones, stalls, queue entries, activation and outcome, in order.
+"""How a user moved: signup, milestones, stalls, queue entries, activation (or leaving) and
+outcome, in order.
 
 One function builds the rows for any set of users from the warehouse (the `user_timelines`
 asset for everyone the experiment assigned, the `timeline` command for one user), so the
@@ -28,6 +29,7 @@ KIND_ORDER = {
     "signup": 0,
     "milestone": 1,
     "activated": 2,
+    "left": 2,
     "stalled": 3,
     "queued": 4,
     "held_out": 4,
@@ -52,13 +54,15 @@ def user_timeline_rows(
     paths: dict[str, OnboardingPath],
     aha_events: Sequence[str],
     experiment: str,
+    *,
+    terminal_events: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The timeline of the users in `users` (a table with a `user_id` column), sorted by
     user, time and kind."""
     ids = users.select(_who=users.user_id).distinct()
     frames = [
         _signups(warehouse, ids),
-        _milestones(warehouse, ids, milestone_events(paths), aha_events),
+        _milestones(warehouse, ids, milestone_events(paths), aha_events, terminal_events),
         _ledger(warehouse, ids, experiment),
         _deliveries(warehouse, ids, experiment),
     ]
@@ -82,9 +86,11 @@ def _milestones(
     ids: ir.Table,
     milestones: dict[str, str],
     aha_events: Sequence[str],
+    terminal_events: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """First occurrence of each milestone event, and of the aha moment (activation)."""
-    wanted = sorted({*milestones, *aha_events})
+    """First occurrence of each milestone event, of the aha moment (activation) and of a
+    terminal event (the user left; an aha moment after it does not count)."""
+    wanted = sorted({*milestones, *aha_events, *terminal_events})
     if not wanted:
         return pd.DataFrame(columns=TIMELINE_COLUMNS)
     events = warehouse.table(RAW_EVENTS.name)
@@ -93,12 +99,18 @@ def _milestones(
     first = warehouse.execute(
         chosen.group_by("user_id", "event_name").agg(first_at=chosen.timestamp.min())
     )
+    first["first_at"] = pd.to_datetime(first.first_at, utc=True)
+    left = first[first.event_name.isin(terminal_events)].groupby("user_id").first_at.min()
     rows = []
     for user, event, at in zip(first.user_id, first.event_name, first.first_at, strict=True):
         if event in milestones:
             rows.append((user, at, "milestone", f"{milestones[event]} ({event})", RAW_EVENTS.name))
         if event in aha_events:
-            rows.append((user, at, "activated", f"aha moment ({event})", RAW_EVENTS.name))
+            gone = user in left.index and left[user] <= at
+            detail = f"aha moment ({event})" + (", after leaving: not counted" if gone else "")
+            rows.append((user, at, "activated", detail, RAW_EVENTS.name))
+        if event in terminal_events:
+            rows.append((user, at, "left", f"left onboarding ({event})", RAW_EVENTS.name))
     return pd.DataFrame(rows, columns=TIMELINE_COLUMNS)
 
 
