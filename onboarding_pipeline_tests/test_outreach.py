@@ -558,3 +558,50 @@ def test_the_ledger_on_postgres(tmp_path: Path, inbox: tuple[Inbox, int]) -> Non
     finally:
         warehouse.connect().drop_database(schema, force=True, cascade=True)
         warehouse.close()
+
+
+def test_rows_still_due_expire_when_the_user_left_or_activated_since(
+    seeded: WarehouseResource, tmp_path: Path, inbox: tuple[Inbox, int]
+) -> None:
+    box, port = inbox
+    config = ProductConfig(
+        aha_events=["dashboard_shared"],
+        terminal_events=["account_deleted"],
+        partitions_start_date="2026-06-01",
+        interventions={"delivery": {"daily_limits": {"email": 1}, "quiet_hours": None}},
+    )
+    run(seeded, tmp_path, config, email=smtp(port))
+    waiting = sorted(u for u, r in ledger(seeded).items() if r["status"] == "due")
+    assert len(waiting) == 2 and len(box.envelopes) == 1
+    left, activated = waiting
+    later = NOW + timedelta(hours=1)
+    seeded.connect().raw_sql(
+        "INSERT INTO onboarding.raw_events (event_id, user_id, event_name, timestamp) VALUES "
+        f"('x1', '{left}', 'account_deleted', TIMESTAMPTZ '{later.isoformat()}'), "
+        f"('x2', '{activated}', 'dashboard_shared', TIMESTAMPTZ '{later.isoformat()}')"
+    )
+    seeded.connect().raw_sql("DELETE FROM onboarding.intervention_queue")
+    result = run(seeded, tmp_path, config, email=smtp(port), now=NOW + timedelta(days=1))
+    rows = ledger(seeded)
+    assert rows[left]["status"] == rows[activated]["status"] == "expired"
+    assert rows[left]["note"] == "user left (account_deleted) since it was queued"
+    assert rows[activated]["note"] == "user activated (dashboard_shared) since it was queued"
+    assert result.expired == 2 and len(box.envelopes) == 1
+
+
+def test_a_row_left_sending_for_days_expires_and_is_never_resent(
+    seeded: WarehouseResource, tmp_path: Path
+) -> None:
+    run(seeded, tmp_path)
+    stale = (NOW - timedelta(days=5)).date().isoformat()
+    seeded.connect().raw_sql(
+        "UPDATE onboarding.intervention_deliveries SET status = 'sending', "
+        f"last_attempt_on = DATE '{stale}' WHERE user_id = 'u_human'"
+    )
+    folder = tmp_path / "outbox" / "interventions"
+    before = sorted(folder.rglob("*.*"))
+    result = run(seeded, tmp_path)
+    row = ledger(seeded)["u_human"]
+    assert row["status"] == "expired"
+    assert row["note"] == "could not be confirmed within 3 days; not resent"
+    assert result.expired == 1 and sorted(folder.rglob("*.*")) == before

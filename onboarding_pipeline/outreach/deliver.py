@@ -28,6 +28,7 @@ from onboarding_pipeline.outreach.ledger import (
     SENDING,
     SUPPRESSED,
     DeliveryLedger,
+    as_date,
     delivery_key,
     message_key,
 )
@@ -95,6 +96,30 @@ def _people(warehouse: WarehouseResource, user_ids: list[str]) -> dict[str, dict
         str(row["user_id"]): {key: text_or_none(value) for key, value in row.items()}
         for row in frame.to_dict("records")
     }
+
+
+def moved_on(
+    warehouse: WarehouseResource, user_ids: list[str], config: ProductConfig
+) -> dict[str, str]:
+    """Users who, since they were queued, activated (an aha event) or left (a terminal
+    event): user id -> why their open rows expire instead of going out."""
+    names = {
+        **dict.fromkeys(config.aha_events, "activated"),
+        **{name: "left" for name in config.terminal_events},
+    }
+    if not user_ids:
+        return {}
+    table = warehouse.table(RAW_EVENTS.name)
+    hits = warehouse.execute(
+        table.filter(table.user_id.isin(user_ids) & table.event_name.isin(list(names)))
+        .group_by("user_id", "event_name")
+        .aggregate(at=table.timestamp.min())
+        .order_by("at")
+    )
+    found: dict[str, str] = {}
+    for user, event in zip(hits.user_id.astype(str), hits.event_name.astype(str), strict=True):
+        found.setdefault(user, f"user {names[event]} ({event}) since it was queued")
+    return found
 
 
 def _unsubscribed(
@@ -201,7 +226,11 @@ def deliver_interventions(
                     "queued_on": pd.Timestamp(row["queued_on"]).date(),
                 }
             )
-        open_rows = _expire(ledger, result, settings.max_delay_days, now)
+        waiting = sorted(
+            {str(r["user_id"]) for r in ledger.rows.values() if r["status"] in (DUE, FAILED)}
+        )
+        gone = moved_on(warehouse, waiting, config)
+        open_rows = _expire(ledger, result, settings.max_delay_days, now, gone)
         ready = _ready(warehouse, ledger, open_rows, config, now, suppression_file, result)
         ledger.save()
 
@@ -251,10 +280,18 @@ def deliver_interventions(
 
 
 def _expire(
-    ledger: DeliveryLedger, result: DeliveryRun, max_delay_days: float, now: datetime
+    ledger: DeliveryLedger,
+    result: DeliveryRun,
+    max_delay_days: float,
+    now: datetime,
+    gone: dict[str, str] | None = None,
 ) -> list[str]:
-    """The open rows still worth delivering, best first. Too old, or superseded by a newer
-    queue entry of the same user: `expired` (a nudge days late may push a step already done)."""
+    """The open rows still worth delivering, best first. Too old, superseded by a newer queue
+    entry of the same user, or for a user who has activated or left (`gone`) since: `expired`
+    (a nudge days late may push a step already done). A `sending` row is settled by its
+    channel (checked or resent under the same key), unless it has stayed unsettled for
+    `max_delay_days`: then it expires, never resent (it may have left)."""
+    gone = gone or {}
     oldest = (now - timedelta(days=max_delay_days)).date()
     open_keys = [k for k, r in ledger.rows.items() if r["status"] in (DUE, SENDING, FAILED)]
     newest: dict[str, Any] = {}
@@ -265,8 +302,16 @@ def _expire(
     kept = []
     for key in open_keys:
         row = ledger.rows[key]
-        if row["status"] == SENDING:
+        last_try = as_date(row.get("last_attempt_on"))
+        if row["status"] == SENDING and last_try is not None and last_try < oldest:
+            note = f"could not be confirmed within {max_delay_days:g} days; not resent"
+            ledger.update(key, status=EXPIRED, note=note)
+            result.expired += 1
+        elif row["status"] == SENDING:
             kept.append(key)  # may be out already: settled (checked or resent), never dropped
+        elif str(row["user_id"]) in gone:
+            ledger.update(key, status=EXPIRED, note=gone[str(row["user_id"])])
+            result.expired += 1
         elif row["queued_on"] < oldest:
             ledger.update(key, status=EXPIRED, note=f"not delivered within {max_delay_days:g} days")
             result.expired += 1

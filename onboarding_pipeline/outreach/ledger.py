@@ -126,15 +126,16 @@ class DeliveryLedger:
             for row in self.rows.values()
             if row["channel"] == channel
             and row["status"] in COUNTED
-            and _as_date(row.get("last_attempt_on")) == today
+            and as_date(row.get("last_attempt_on")) == today
         )
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(list(self.rows.values()))
 
 
-def _as_date(value: Any) -> date | None:
-    if value is None:
+def as_date(value: Any) -> date | None:
+    """A ledger day column's value as a date (engines return dates, datetimes or text)."""
+    if value is None or value != value:  # None, NaN or NaT
         return None
     if isinstance(value, datetime):
         return value.date()
