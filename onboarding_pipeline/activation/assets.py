@@ -165,12 +165,26 @@ def user_features(
     """
     config = product_config.load()
     # A misspelt aha event or funnel step would otherwise fail later with unrelated errors.
-    observed = warehouse.execute(event_name_counts(warehouse.table(RAW_EVENTS.name)))
-    require_config_events(
+    events = warehouse.table(RAW_EVENTS.name)
+    observed = warehouse.execute(event_name_counts(events))
+    span = warehouse.execute(
+        events.aggregate(first=events.timestamp.min(), last=events.timestamp.max())
+    )
+    first, last = span["first"].iloc[0], span["last"].iloc[0]
+    data_days = (last - first).total_seconds() / 86400 if len(observed) else None
+    not_yet = require_config_events(
         config,
         dict(zip(observed.event_name, observed.events, strict=True)),
         source=product_config.path,
+        data_days=data_days,
     )
+    config_warnings = [
+        f"{problem.message()} yet ({data_days:.1f} days of data, younger than the activation "
+        "window): fine at launch, a typo if it stays so"
+        for problem in not_yet
+    ]
+    for warning in config_warnings:
+        context.log.warning(warning)
     table, chosen, now = build_features(
         warehouse.table(RAW_USERS.name),
         warehouse.table(RAW_EVENTS.name),
@@ -198,6 +212,7 @@ def user_features(
             "users_activated_in_horizon": int(counts["in_horizon"]),
             "users_still_onboarding": int(counts["open_window"]),
             "observation_hours": config.observation_hours,
+            **({"config_warnings": MetadataValue.json(config_warnings)} if config_warnings else {}),
             "landmark_hours": MetadataValue.json(config.landmarks()),
             "now": now.isoformat(),
             "feature_events": MetadataValue.json(chosen),

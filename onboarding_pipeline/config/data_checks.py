@@ -2,7 +2,9 @@
 occur in `raw_events`, or it is most likely a typo.
 
 - `aha_events` and `funnel_steps` that never occur are errors (`ConfigDataError`): activation,
-  the model and the funnel would all be computed on an event nobody logs.
+  the model and the funnel would all be computed on an event nobody logs. While the data is
+  younger than the activation window, one unlike every observed name is only a warning (on a
+  launch day nobody has reached the aha moment yet); one close to an observed name is a typo.
 - Milestone events (`paths`), `terminal_events`, `health.adoption_events`, `invite_events` and the stall events
   (`interventions.stall`) that never occur are warnings: the pipeline runs, but a milestone
   can never be completed or a failure label never fires.
@@ -166,8 +168,19 @@ def require_config_events(
     config: ProductConfig,
     observed: Mapping[str, int] | Iterable[str],
     source: str = "onboarding.yaml",
-) -> None:
-    """Raise `ConfigDataError` when an aha event or funnel step never occurs in the data."""
+    *,
+    data_days: float | None = None,
+) -> list[UnseenEvent]:
+    """Raise `ConfigDataError` when an aha event or funnel step never occurs in the data.
+
+    Young data (`data_days`, the days from the first to the latest event, shorter than the
+    activation window) may simply not hold the aha moment yet, as on a product's launch
+    day: there a name like no observed one is returned as a warning; one close to an observed
+    name is still a typo."""
     errors = config_event_errors(config, observed)
+    young = data_days is not None and data_days < config.activation_window_days
+    waiting = [e for e in errors if young and not e.closest]
+    errors = [e for e in errors if e not in waiting]
     if errors:
         raise ConfigDataError(errors, source)
+    return waiting
