@@ -40,6 +40,7 @@ from onboarding_pipeline.activation.model import (
     in_flight,
     judge,
     landmark_frame,
+    model_version,
     platt_scaling,
     rank_auc,
     top_features,
@@ -355,6 +356,16 @@ class _Noise:
 
 def test_model_version_is_content_addressed(world: World, model: ActivationModel) -> None:
     assert train_on(world).version == model.version
+
+
+def test_model_version_changes_with_the_recalibration_data_and_the_settings() -> None:
+    x = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0]})
+    y = np.array([0, 1, 0, 1])
+    base = model_version(x, y, x, y, {"learning_rate": 0.06})
+    assert base == model_version(x, y, x, y, {"learning_rate": 0.06})
+    # The served model is recalibrated on the validation users: another cohort, another model.
+    assert base != model_version(x, y, x, 1 - y, {"learning_rate": 0.06})
+    assert base != model_version(x, y, x, y, {"learning_rate": 0.1})
 
 
 def test_too_few_closed_windows_refuses_with_what_would_unlock_it(world: World) -> None:

@@ -312,7 +312,9 @@ def train_activation_model(
     metrics["brier_before_recalibration"] = metrics["brier"]
     metrics.update(calibration_metrics(y_valid[at_landmark], probabilities[at_landmark]))
     bands = reliability_by_age(valid, probabilities, age_bands)
-    version = model_version(x_fit, y_fit)
+    version = model_version(
+        x_fit, y_fit, x_valid, y_valid, {**booster.get_params(), "ages": list(ages)}
+    )
     metrics.update(
         landmark_hours=main_landmark,
         train_users=len(train_positions),
@@ -535,12 +537,24 @@ def top_features(
     ]
 
 
-def model_version(x_train: pd.DataFrame, y_train: np.ndarray) -> str:
-    """Content-addressed: the same training data and columns give the same version."""
+def model_version(
+    x_train: pd.DataFrame,
+    y_train: np.ndarray,
+    x_valid: pd.DataFrame | None = None,
+    y_valid: np.ndarray | None = None,
+    settings: dict[str, Any] | None = None,
+) -> str:
+    """Content-addressed: the same training data, recalibration (validation) data and
+    settings give the same version; any change to one of them, another version."""
     digest = hashlib.sha256()
-    digest.update(",".join(x_train.columns).encode())
-    digest.update(pd.util.hash_pandas_object(x_train, index=False).to_numpy().tobytes())
-    digest.update(np.asarray(y_train, dtype=np.int8).tobytes())
+    for x, y in ((x_train, y_train), (x_valid, y_valid)):
+        if x is None or y is None:
+            continue
+        digest.update(",".join(x.columns).encode())
+        digest.update(pd.util.hash_pandas_object(x, index=False).to_numpy().tobytes())
+        digest.update(np.asarray(y, dtype=np.int8).tobytes())
+    if settings:
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return "am-" + digest.hexdigest()[:12]
 
 
