@@ -1,5 +1,5 @@
-"""The same world over many seeds, without Dagster: a stand-in queue (a user is assigned on
-the first day they are stalled: past the data step's due day without it) and the pipeline's
+"""The same world over many seeds, without Dagster: a stand-in queue (a user is assigned when
+stalled: the data step begun and not finished a day later) and the pipeline's
 own holdout draw and estimators (`final_outcomes`, `compare_arms`, `step_experiments`).
 
 A closed loop through the daily job costs seconds per simulated day; this costs milliseconds,
@@ -9,7 +9,7 @@ effect must show one no more often than `alpha`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from onboarding_pipeline.simulation.world import (
 )
 
 EXPERIMENT = "simulation"
-STALLED_AFTER_DAYS = 4  # the data step is due on day 3: stalled from day 4 without it
+STALL_HOURS = 24  # interventions.stall.step_timeout_hours
 ACTION = "Connect a data source"
 
 
@@ -49,7 +49,11 @@ def run_world(
     held = in_holdout([p.user_id for p in persons], EXPERIMENT, holdout_fraction)
     for person, holdout in zip(persons, held, strict=True):
         quiet = life(person, spec, {})
-        assigned_at = person.signup_at + timedelta(days=STALLED_AFTER_DAYS)
+        if quiet.data_started_at is None:
+            continue
+        # The daily run at the end of the day the step has been unfinished for a day.
+        stalled = quiet.data_started_at + timedelta(hours=STALL_HOURS)
+        assigned_at = datetime.combine(stalled.date() + timedelta(days=1), datetime.min.time(), UTC)
         if assigned_at > end or _done_by(quiet, assigned_at):
             continue
         nudged_on: dict[date, str] = {} if holdout else {assigned_at.date(): ACTION}

@@ -34,6 +34,7 @@ from onboarding_pipeline.settings import Settings, default_warehouse_url
 from onboarding_pipeline.simulation.receiver import NudgeReceiver
 from onboarding_pipeline.simulation.world import (
     AHA,
+    DATA_STARTED,
     DATA_STEP,
     LEFT,
     SIGNUP,
@@ -70,7 +71,7 @@ def product_config(as_of: datetime) -> dict[str, Any]:
         "terminal_events": [LEFT],
         "activation_window_days": WINDOW_DAYS,
         "observation_hours": 72,
-        "funnel_steps": [SIGNUP, WORKSPACE, DATA_STEP, AHA],
+        "funnel_steps": [SIGNUP, WORKSPACE, DATA_STARTED, DATA_STEP, AHA],
         "partitions_start_date": START.date().replace(day=1).isoformat(),
         "partitions": "monthly",
         "as_of": as_of.isoformat(),
@@ -89,6 +90,7 @@ def product_config(as_of: datetime) -> dict[str, Any]:
                         "name": "data_connected",
                         "label": "Connect a data source",
                         "events": [DATA_STEP],
+                        "started_by": [DATA_STARTED],
                         "weight": 2,
                         "due_day": 3,
                     },
@@ -100,6 +102,9 @@ def product_config(as_of: datetime) -> dict[str, Any]:
             "ladder": ["in_app", "in_app"],
             "email_from_day": 365,
             "cooldown_days": COOLDOWN_DAYS,
+            # Queued when stalled (the data step begun, not finished a day later), not for
+            # a risk level: the experiment is about the data step.
+            "queue_risk_levels": [],
             "follow_up_days": FOLLOW_UP_DAYS,
             "delivery": {"quiet_hours": None},
         },

@@ -22,9 +22,10 @@ import pandas as pd
 
 START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday, well before any clock this runs on
 WINDOW_DAYS = 14
-SIGNUP, WORKSPACE, DATA_STEP, AHA, VIEW, LEFT = (
+SIGNUP, WORKSPACE, DATA_STARTED, DATA_STEP, AHA, VIEW, LEFT = (
     "signed_up",
     "workspace_created",
+    "data_source_setup_started",  # the data step begun: unfinished a day later, a stall
     "data_source_connected",
     "dashboard_shared",
     "page_viewed",
@@ -45,7 +46,8 @@ class WorldSpec:
     step_boost: float = 5.0  # nudged: daily chance of doing the step x this
     nudge_days: int = 3  # ... for this many days after the delivery
     step_hazard: float = 0.12  # daily aha hazard added once the data step is done
-    base_step: float = 0.05  # daily chance of doing the data step, un-nudged
+    base_start: float = 0.6  # daily chance of beginning the data step once the workspace is up
+    base_step: float = 0.06  # daily chance of finishing the data step once begun, un-nudged
     base_hazard: float = 0.01  # daily aha hazard before the step
     leave_rate: float = 0.004  # daily chance of deleting the account
 
@@ -57,6 +59,7 @@ class Person:
     trait: float
     # Per day of life (0 = signup day): uniforms for each decision, and the page views.
     workspace: np.ndarray
+    start: np.ndarray
     step: np.ndarray
     aha: np.ndarray
     leave: np.ndarray
@@ -69,6 +72,7 @@ class Life:
     """What a user did (event rows) and when the milestones happened (None: not yet)."""
 
     events: list[tuple[str, datetime]] = field(default_factory=list)
+    data_started_at: datetime | None = None
     data_step_at: datetime | None = None
     activated_at: datetime | None = None
     left_at: datetime | None = None
@@ -88,6 +92,7 @@ def people(spec: WorldSpec) -> list[Person]:
                 signup_at=signup,
                 trait=trait,
                 workspace=rng.uniform(size=lives),
+                start=rng.uniform(size=lives),
                 step=rng.uniform(size=lives),
                 aha=rng.uniform(size=lives),
                 leave=rng.uniform(size=lives),
@@ -133,6 +138,11 @@ def life(
             if person.workspace[age] < min(chance, 0.95):
                 done.add(WORKSPACE)
                 lived.events.append((WORKSPACE, at))
+        elif DATA_STARTED not in done:
+            if person.start[age] < spec.base_start:
+                done.add(DATA_STARTED)
+                lived.data_started_at = at
+                lived.events.append((DATA_STARTED, at))
         elif DATA_STEP not in done:
             chance = spec.base_step * engaged
             chance *= spec.step_boost if DATA_STEP in pushed else 1.0
