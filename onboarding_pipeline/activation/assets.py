@@ -179,8 +179,8 @@ def user_features(
         data_days=data_days,
     )
     config_warnings = [
-        f"{problem.message()} yet ({data_days:.1f} days of data, younger than the activation "
-        "window): fine at launch, a typo if it stays so"
+        f"{problem.message()} ({data_days:.1f} days of data, younger than the activation "
+        "window: fine in a product's first days, a typo if it stays so)"
         for problem in not_yet
     ]
     for warning in config_warnings:

@@ -3,8 +3,8 @@ occur in `raw_events`, or it is most likely a typo.
 
 - `aha_events` and `funnel_steps` that never occur are errors (`ConfigDataError`): activation,
   the model and the funnel would all be computed on an event nobody logs. While the data is
-  younger than the activation window, one unlike every observed name is only a warning (on a
-  launch day nobody has reached the aha moment yet); one close to an observed name is a typo.
+  younger than the activation window they are only warnings (in a product's first days
+  nobody may have reached the aha moment yet).
 - Milestone events (`paths`), `terminal_events`, `health.adoption_events`, `invite_events` and the stall events
   (`interventions.stall`) that never occur are warnings: the pipeline runs, but a milestone
   can never be completed or a failure label never fires.
@@ -174,13 +174,12 @@ def require_config_events(
     """Raise `ConfigDataError` when an aha event or funnel step never occurs in the data.
 
     Young data (`data_days`, the days from the first to the latest event, shorter than the
-    activation window) may simply not hold the aha moment yet, as on a product's launch
-    day: there a name like no observed one is returned as a warning; one close to an observed
-    name is still a typo."""
+    activation window) may simply not hold the aha moment or a late step yet, as in a
+    product's first days: there they are returned as warnings (still naming the closest
+    observed names), and become errors once the data is as old as the window."""
     errors = config_event_errors(config, observed)
-    young = data_days is not None and data_days < config.activation_window_days
-    waiting = [e for e in errors if young and not e.closest]
-    errors = [e for e in errors if e not in waiting]
+    if data_days is not None and data_days < config.activation_window_days:
+        return errors
     if errors:
         raise ConfigDataError(errors, source)
-    return waiting
+    return []
