@@ -21,6 +21,7 @@ from dagster import (
     PartitionKeyRange,
     TimeWindowPartitionsDefinition,
 )
+from filelock import FileLock
 
 from onboarding_pipeline.activation.model import ModelStore
 from onboarding_pipeline.code_location import build_definitions
@@ -171,22 +172,39 @@ def dagster_dev_command(summary: RunSummary) -> str:
 
 
 def local_instance(output_dir: Path) -> tuple[DagsterInstance, Path]:
-    """`$DAGSTER_HOME` if set, else a SQLite instance under the output directory."""
+    """`$DAGSTER_HOME` if set, else a SQLite instance under the output directory.
+
+    Made under a file lock in the instance's folder: Dagster creates its SQLite databases
+    (tables, alembic stamp) on first open without guarding against another process doing the
+    same, so two runs starting at once on a fresh output directory failed ("table
+    alembic_version already exists") or left a database with two alembic heads. The second
+    run waits for the first to finish creating them, then opens what is there."""
     if os.environ.get("DAGSTER_HOME"):
         home = Path(os.environ["DAGSTER_HOME"])
         home.mkdir(parents=True, exist_ok=True)
-        return DagsterInstance.get(), home
+        with _instance_lock(home):
+            return DagsterInstance.get(), home
     home = output_dir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     wanted = _INSTANCE_YAML.format(history=json.dumps(str(home / "history")))
-    # Written when missing, and brought up to date while it is still the one written here.
-    if not config.exists() or (
-        config.read_text().startswith(_INSTANCE_YAML.splitlines()[0])
-        and config.read_text() != wanted
-    ):
-        config.write_text(wanted)
-    return DagsterInstance.from_config(str(home)), home
+    with _instance_lock(home):
+        # Written when missing, and brought up to date while it is still the one written here.
+        if not config.exists() or (
+            config.read_text().startswith(_INSTANCE_YAML.splitlines()[0])
+            and config.read_text() != wanted
+        ):
+            config.write_text(wanted)
+        return DagsterInstance.from_config(str(home)), home
+
+
+# Creating the databases of a fresh instance takes a second or two; a run that waits this long
+# is stuck behind something else and says so.
+INSTANCE_LOCK_TIMEOUT_SECONDS = 120.0
+
+
+def _instance_lock(home: Path) -> FileLock:
+    return FileLock(home / ".instance.lock", timeout=INSTANCE_LOCK_TIMEOUT_SECONDS)
 
 
 def event_partitions_of(defs: Definitions) -> TimeWindowPartitionsDefinition | None:

@@ -27,7 +27,9 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from onboarding_pipeline.config import ProductConfig
+from onboarding_pipeline.config.product import ReportSettings
 from onboarding_pipeline.reporting.assets import (
+    ENV_DELIVERY_CLOCK,
     build_reporting_assets,
     delivery_outcome,
     report_run_lines,
@@ -42,6 +44,14 @@ from onboarding_pipeline.resources import OutputDirResource, ProductConfigResour
 from onboarding_pipeline.warehouse import WarehouseResource
 
 WEEK = "2026-10-26"
+
+
+@pytest.fixture
+def clock_after_week(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wall clock of deliveries on the Monday after WEEK: WEEK is the week that just ended."""
+    monkeypatch.setenv(ENV_DELIVERY_CLOCK, "2026-11-02T09:00:00+00:00")
+
+
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RECIPIENTS = ["stakeholders@example.com", "growth@example.com"]
 CONFIG = ProductConfig(
@@ -289,6 +299,52 @@ def test_refused_recipient_stays_retryable(smtp, warehouse, report, tmp_path) ->
     retry = deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
     assert retry.sent == ["email:growth@example.com"]
     assert inbox.envelopes[-1].rcpt_tos == ["growth@example.com"]
+
+
+def test_a_failed_forced_resend_keeps_no_provider_id_of_the_earlier_send(  # type: ignore[no-untyped-def]
+    smtp, warehouse, report, tmp_path
+) -> None:
+    inbox, port = smtp
+    deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
+    sent = ledger(warehouse).set_index("recipient").loc["growth@example.com"]
+    assert sent.status == "sent" and sent.provider_id
+
+    async def refuse_growth(server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        if address.startswith("growth@"):
+            return "550 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    inbox.handle_RCPT = refuse_growth  # type: ignore[attr-defined]
+    forced = deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port), force=True)
+    assert list(forced.failed) == ["email:growth@example.com"]
+    row = ledger(warehouse).set_index("recipient").loc["growth@example.com"]
+    assert row.status == "failed" and "550" in row.last_error
+    assert pd.isna(row.provider_id)  # not the Message-ID of last run's (other) message
+
+
+def test_an_idn_address_and_its_punycode_form_are_one_recipient(  # type: ignore[no-untyped-def]
+    smtp, warehouse, report, tmp_path
+) -> None:
+    inbox, port = smtp
+    data, charts = report
+    result = deliver_report(
+        warehouse,
+        data,
+        charts,
+        ReportSettings(
+            recipients=["Ana@Bücher.Example", "ana@xn--bcher-kva.example"],
+            slack_channel="",
+        ),
+        slack=SlackResource(),
+        email=smtp_resource(port),
+        outbox_root=tmp_path / "outbox",
+        log=lambda line: None,
+    )
+    assert result.sent == ["email:Ana@xn--bcher-kva.example"]
+    assert [e.rcpt_tos for e in inbox.envelopes] == [["Ana@xn--bcher-kva.example"]]
+    assert inbox.messages()[0]["To"] == "Ana@xn--bcher-kva.example"
+    assert ledger(warehouse).recipient.tolist() == ["Ana@xn--bcher-kva.example"]
 
 
 # ---------------------------------------------------------------- Slack
@@ -575,6 +631,7 @@ def test_slack_text_cut_to_the_limit_never_ends_in_half_an_entity(report) -> Non
 # ---------------------------------------------------------------- Dagster assets
 
 
+@pytest.mark.usefixtures("clock_after_week")
 def test_assets_deliver_once_and_force_resends(smtp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The assets on an empty warehouse (a fresh install): the report renders with "not enough
     data yet", email is sent once, `force: true` in run config sends again."""
@@ -582,7 +639,7 @@ def test_assets_deliver_once_and_force_resends(smtp, tmp_path: Path) -> None:  #
     config_path = tmp_path / "onboarding.yaml"
     config_path.write_text(
         "aha_events: [dashboard_shared]\npartitions_start_date: 2026-06-01\n"
-        # The data's "now" in the report week: the current week, so it is delivered.
+        # The data's "now" in the report week (the clock, pinned, says it just ended).
         "as_of: 2026-10-30T12:00:00Z\n"
         f"report: {{recipients: [{RECIPIENTS[0]}], slack_channel: '#onboarding'}}\n"
     )
@@ -620,6 +677,7 @@ def test_assets_deliver_once_and_force_resends(smtp, tmp_path: Path) -> None:  #
     warehouse.close()
 
 
+@pytest.mark.usefixtures("clock_after_week")
 def test_asset_fails_visibly_when_a_channel_fails(  # type: ignore[no-untyped-def]
     httpserver: HTTPServer, tmp_path: Path
 ) -> None:
@@ -738,6 +796,7 @@ def test_ledger_on_postgres(smtp, report, tmp_path) -> None:  # type: ignore[no-
         warehouse.close()
 
 
+@pytest.mark.usefixtures("clock_after_week")
 def test_a_concurrent_run_that_finds_the_week_sent_says_already_sent(  # type: ignore[no-untyped-def]
     httpserver: HTTPServer, smtp, tmp_path: Path
 ) -> None:

@@ -25,7 +25,11 @@ from pytest_httpserver import HTTPServer
 from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.config.product import ReportSettings
 from onboarding_pipeline.orchestration.jobs import report_selection
-from onboarding_pipeline.reporting.assets import build_reporting_assets, weekly_partitions
+from onboarding_pipeline.reporting.assets import (
+    ENV_DELIVERY_CLOCK,
+    build_reporting_assets,
+    weekly_partitions,
+)
 from onboarding_pipeline.reporting.delivery import (
     SENDING,
     SENT,
@@ -51,6 +55,14 @@ from onboarding_pipeline_tests.delivery_stubs import (
 )
 
 WEEK = "2026-10-26"
+
+
+@pytest.fixture
+def clock_after_week(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wall clock of deliveries on the Monday after WEEK: WEEK is the week that just ended."""
+    monkeypatch.setenv(ENV_DELIVERY_CLOCK, "2026-11-02T09:00:00+00:00")
+
+
 RECIPIENTS = ["stakeholders@example.com", "growth@example.com"]
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -336,6 +348,7 @@ def weekly_job_defs(
     )
 
 
+@pytest.mark.usefixtures("clock_after_week")
 def test_quit_421_after_250_counts_as_sent_in_a_job_with_step_retries(tmp_path: Path) -> None:
     inbox = QuitRefusedFirstDataDeferred()
     warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
@@ -362,9 +375,73 @@ def test_quit_421_after_250_counts_as_sent_in_a_job_with_step_retries(tmp_path: 
     warehouse.close()
 
 
+class PickyServer(Inbox):
+    """Answers DATA per recipient: 554 for reject@, drops the connection for drop@ (without a
+    reply: the client cannot know whether the message was kept), accepts anyone else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: set[int] = set()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.sessions.add(id(session))
+        recipient = envelope.rcpt_tos[0]
+        if recipient.startswith("reject@"):
+            return "554 5.7.1 message rejected as spam"
+        if recipient.startswith("drop@"):
+            server.transport.close()
+            return "250 never heard"
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_one_recipients_smtp_error_does_not_fail_the_others(
+    tmp_path: Path, report_folder: Path
+) -> None:
+    """A non-ASCII address on a server without SMTPUTF8, a DATA answered 554 and a session
+    that dies mid-message each fail their own recipient, with their own error; everyone else
+    is still tried (over a new session after the dead one) and gets the report."""
+    recipients = [
+        "jörg@example.com",  # the server offers no SMTPUTF8
+        "reject@example.com",
+        "drop@example.com",
+        "stakeholders@example.com",
+        "growth@example.com",
+    ]
+    server = PickyServer()
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    data, charts = load_report(report_folder)
+    with smtp_server(server, enable_SMTPUTF8=False) as port:
+        result = deliver_report(
+            warehouse,
+            data,
+            charts,
+            ReportSettings(recipients=recipients, slack_channel=""),
+            slack=SlackResource(),
+            email=EmailResource(
+                host="127.0.0.1", port=port, security="none", sender="reports@example.com"
+            ),
+            outbox_root=tmp_path / "outbox",
+            log=lambda line: None,
+        )
+    assert sorted(e.rcpt_tos[0] for e in server.envelopes) == sorted(RECIPIENTS)
+    assert sorted(result.sent) == sorted(f"email:{r}" for r in RECIPIENTS)
+    rows = ledger(warehouse).loc["email"]
+    assert rows.loc["jörg@example.com"].status == "failed"
+    assert "SMTPUTF8" in rows.loc["jörg@example.com"].last_error
+    assert rows.loc["reject@example.com"].status == "failed"
+    assert "554" in rows.loc["reject@example.com"].last_error
+    assert rows.loc["drop@example.com"].status == "failed"
+    assert "SMTPServerDisconnected" in rows.loc["drop@example.com"].last_error
+    for recipient in RECIPIENTS:
+        assert rows.loc[recipient].status == SENT and pd.isna(rows.loc[recipient].last_error)
+    assert len(server.sessions) == 2  # a new session after the one that died
+    warehouse.close()
+
+
 FORCE = {"ops": {"report_deliveries": {"config": {"force": True}}}}
 
 
+@pytest.mark.usefixtures("clock_after_week")
 def test_a_forced_run_with_step_retries_resends_once_and_a_new_forced_run_again(  # type: ignore[no-untyped-def]
     httpserver: HTTPServer, tmp_path: Path
 ) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,11 @@ from dagster import Definitions, asset, materialize
 
 from onboarding_pipeline.config import ConfigError, ProductConfig, load_config
 from onboarding_pipeline.reporting.assets import (
+    ENV_DELIVERY_CLOCK,
     backfill_note,
     build_reporting_assets,
+    deliverable_week,
+    delivery_clock,
     undeliverable_reason,
     weekly_partitions,
 )
@@ -116,6 +119,10 @@ def test_unknown_smtp_security_fails_at_load_naming_the_variable(
             'recipients: ["a@example.com", "A@example.com"]',
             r"report\.recipients: .*\[1\] 'A@example.com' is listed twice",
         ),
+        (  # one recipient: the domain in Unicode and in punycode
+            'recipients: ["ana@bücher.example", "ana@xn--bcher-kva.example"]',
+            r"report\.recipients: .*\[1\] 'ana@xn--bcher-kva.example' is listed twice",
+        ),
         ('title: "Weekly\\nBcc: all@evil.example"', r"report\.title: .*must be one line"),
         # Python's email policy breaks a header at U+2028 and NEL too.
         ('title: "Weekly\\u2028Bcc: all@evil.example"', r"report\.title: .*must be one line"),
@@ -137,25 +144,86 @@ def test_recipients_and_subject_are_checked_when_the_config_loads(
 
 
 WATERMARK = datetime(2026, 10, 31, 23, 0, tzinfo=UTC)  # a Saturday, week of 2026-10-26
+# The Monday after: by the clock, the week of 2026-10-26 just ended.
+CLOCK = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
-def test_only_the_watermark_week_and_the_week_before_deliver() -> None:
-    assert undeliverable_reason("2026-10-26", WATERMARK) is None  # the week holding it
-    assert undeliverable_reason("2026-10-19", WATERMARK) is None  # the week that just ended
-    older = undeliverable_reason("2026-10-12", WATERMARK)
-    assert older and "backfill" in older and "force: true" in older
-    later = undeliverable_reason("2026-11-02", WATERMARK)
-    assert later and "begins after" in later
-    # Without events the clock stands in.
-    now = datetime(2026, 12, 2, tzinfo=UTC)
-    assert undeliverable_reason("2026-11-30", None, now) is None
-    assert "backfill" in (undeliverable_reason("2026-10-26", None, now) or "")
-    assert backfill_note("2026-10-26", WATERMARK) is None
-    note = backfill_note("2026-10-12", WATERMARK) or ""
+def test_only_the_week_that_just_ended_by_the_clock_delivers() -> None:
+    assert undeliverable_reason("2026-10-26", CLOCK) is None  # the week that just ended
+    running = undeliverable_reason("2026-11-02", CLOCK)  # would go out half-counted
+    assert running and "has not ended yet" in running and "force: true" in running
+    older = undeliverable_reason("2026-10-19", CLOCK)
+    assert older and "backfill" in older and "2026-10-26" in older
+    later = undeliverable_reason("2026-11-09", CLOCK)
+    assert later and "future" in later
+    # The data's watermark plays no part: a week later by the clock, the same week is old.
+    assert "backfill" in (undeliverable_reason("2026-10-26", CLOCK + timedelta(days=7)) or "")
+    assert deliverable_week(datetime(2026, 11, 8, 23, 59, tzinfo=UTC)) == "2026-10-26"
+    assert backfill_note("2026-10-26", WATERMARK, CLOCK) is None
+    note = backfill_note("2026-10-12", WATERMARK, CLOCK) or ""
     assert "as they are now" in note and "not delivered" in note
+    # Tables of the week itself, but delivered only once the week has ended.
+    running_note = backfill_note("2026-11-02", datetime(2026, 11, 3, tzinfo=UTC), CLOCK) or ""
+    assert "as they are now" not in running_note and "not delivered" in running_note
 
 
-def test_a_backfilled_week_renders_saying_so_and_sends_nothing(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_delivery_clock_is_the_wall_clock_unless_pinned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ENV_DELIVERY_CLOCK, raising=False)
+    before = datetime.now(UTC)
+    assert before <= delivery_clock() <= datetime.now(UTC)
+    monkeypatch.setenv(ENV_DELIVERY_CLOCK, "2026-11-02T09:00")  # naive = UTC
+    assert delivery_clock() == CLOCK
+    monkeypatch.setenv(ENV_DELIVERY_CLOCK, "next monday")
+    with pytest.raises(ValueError, match=ENV_DELIVERY_CLOCK):
+        delivery_clock()
+
+
+def test_a_fresh_warehouse_backfilled_to_an_old_week_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The red team's case: a fresh warehouse whose data ends in an old week (a `--start/--end`
+    backfill, or an old export), so the data's watermark is in that week. The clock says the
+    week is long over: it renders, and nothing is sent."""
+    monkeypatch.setenv(ENV_DELIVERY_CLOCK, "2026-12-02T14:00:00+00:00")
+    inbox = Inbox()
+    config_path = tmp_path / "onboarding.yaml"
+    config_path.write_text(
+        "aha_events: [dashboard_shared]\npartitions_start_date: 2026-06-01\n"
+        f"as_of: {WATERMARK.isoformat()}\n"  # the data's watermark: in the week reported
+        "report: {recipients: [stakeholders@example.com], slack_channel: ''}\n"
+    )
+    config = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-06-01")
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    with smtp_server(inbox) as port:
+        resources = {
+            "warehouse": warehouse,
+            "product_config": ProductConfigResource(path=str(config_path)),
+            "outputs": OutputDirResource(path=str(tmp_path / "out")),
+            "slack": SlackResource(),
+            "email": EmailResource(
+                host="127.0.0.1", port=port, security="none", sender="reports@example.com"
+            ),
+            "notion": NotionResource(),
+        }
+        assets = build_reporting_assets(weekly_partitions(config), [])
+        result = materialize(assets, resources=resources, partition_key="2026-10-26")
+    assert result.success
+    assert inbox.envelopes == []
+    assert warehouse.execute(warehouse.table("report_deliveries").count()) == 0
+    metadata = result.asset_materializations_for_node("report_deliveries")[0].metadata
+    assert "week 2026-10-26 is a backfill" in metadata["not_delivered"].value
+    assert "2026-11-23" in metadata["not_delivered"].value  # the week that just ended
+    report = (tmp_path / "out" / "reports" / "2026-10-26" / "report.md").read_text()
+    assert "This report is not delivered" in report
+    warehouse.close()
+
+
+def test_a_backfilled_week_renders_saying_so_and_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(ENV_DELIVERY_CLOCK, CLOCK.isoformat())
     inbox = Inbox()
     config_path = tmp_path / "onboarding.yaml"
     config_path.write_text(

@@ -5,6 +5,7 @@ outbox without a token, and an interrupted attempt found instead of created twic
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -31,7 +32,8 @@ TOKEN = "secret_notion_test"
 
 
 class NotionStub:
-    """GET databases/{id}, GET data_sources/{id}, POST data_sources/{id}/query, POST pages.
+    """GET databases/{id}, GET data_sources/{id}, POST data_sources/{id}/query, POST pages,
+    GET blocks/{page}/children.
     `hang_after_create`: the page is stored, the reply comes after the client gave up."""
 
     def __init__(self, server: HTTPServer) -> None:
@@ -67,6 +69,9 @@ class NotionStub:
             f"/v1/data_sources/{SOURCE}/query", method="POST"
         ).respond_with_handler(self._json(self._query))
         server.expect_request("/v1/pages", method="POST").respond_with_handler(self._create)
+        server.expect_request(
+            re.compile(r"/v1/blocks/[^/]+/children"), method="GET"
+        ).respond_with_handler(self._children)
 
     def _json(self, build: Any) -> Any:
         def respond(request: Request) -> Response:
@@ -78,19 +83,39 @@ class NotionStub:
     def _query(self, request: Request) -> dict[str, Any]:
         body = request.get_json()
         self.queries.append(body)
-        conditions = body["filter"]["and"]
-        title = next(c["title"]["equals"] for c in conditions if "title" in c)
-        since = next(
-            (c["created_time"]["on_or_after"] for c in conditions if "created_time" in c), None
-        )
+        condition = body.get("filter") or {}
+        since = (condition.get("created_time") or {}).get("on_or_after")
         with self.lock:
             found = [
                 page
                 for page in self.pages
-                if page["title"] == title
-                and (since is None or page["created_time"] >= datetime.fromisoformat(since))
+                if since is None or page["created_time"] >= datetime.fromisoformat(since)
             ]
-        return {"object": "list", "results": [{"object": "page", "id": p["id"]} for p in found]}
+        return {
+            "object": "list",
+            "results": [{"object": "page", "id": p["id"]} for p in found],
+            "has_more": False,
+            "next_cursor": None,
+        }
+
+    def _children(self, request: Request) -> Response:
+        page_id = request.path.split("/")[3]
+        with self.lock:
+            blocks = next(p["body"]["children"] for p in self.pages if p["id"] == page_id)
+        listed = {"object": "list", "results": blocks, "has_more": False, "next_cursor": None}
+        return Response(json.dumps(listed), content_type="application/json")
+
+    def add_page(self, title: str, children: list[dict[str, Any]]) -> None:
+        """A page made by someone else (a person, another deployment), just now."""
+        with self.lock:
+            self.pages.append(
+                {
+                    "id": f"other-{len(self.pages) + 1}",
+                    "title": title,
+                    "created_time": datetime.now(UTC),
+                    "body": {"children": children},
+                }
+            )
 
     def _create(self, request: Request) -> Response:
         self.headers.append(dict(request.headers))
@@ -207,7 +232,7 @@ def test_interrupted_create_is_found_not_created_twice(
     httpserver: HTTPServer, warehouse, report, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     """Notion stored the page but the client gave up waiting: the row stays `sending`, and
-    the next run finds the page (title, created since the intent) instead of creating it."""
+    the next run finds the page (its key, created since the intent) instead of creating it."""
     stub = NotionStub(httpserver)
     stub.hang_after_create = 2.5
     first = deliver(warehouse, report, tmp_path, resource(httpserver, timeout_seconds=1))
@@ -225,6 +250,50 @@ def test_interrupted_create_is_found_not_created_twice(
     assert stub.queries and "created_time" in json.dumps(stub.queries[-1])
     row = notion_row(warehouse)
     assert (row.status, row.provider_id, row.attempts) == (SENT, "page-1", 2)
+
+
+def test_recovery_matches_the_page_on_its_key_not_its_title(
+    httpserver: HTTPServer, warehouse, report, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """After an interrupted create, a page of the same title made meanwhile by someone else
+    (another deployment, a person) is not taken for ours; ours is found by the key in its
+    last block even once its title was edited."""
+    stub = NotionStub(httpserver)
+    stub.hang_after_create = 2.5
+    deliver(warehouse, report, tmp_path, resource(httpserver, timeout_seconds=1))
+    row = notion_row(warehouse)
+    assert row.status == SENDING
+    time.sleep(2)
+    ours = stub.pages[0]
+    key_block = ours["body"]["children"][-1]
+    assert key_block["paragraph"]["rich_text"][0]["text"]["content"] == (
+        f"Delivery key: {row.idempotency_key}"
+    )
+    ours["title"] = "Renamed by a reader"
+    stub.add_page(f"Weekly onboarding report: week of {WEEK}", [])  # same title, no key
+    stub.hang_after_create = 0
+    second = deliver(warehouse, report, tmp_path, resource(httpserver))
+    assert second.recovered == [f"notion:{DATABASE}"] and stub.creates == 1
+    assert notion_row(warehouse).provider_id == ours["id"]
+
+
+def test_a_page_of_the_same_title_without_our_key_is_not_ours(
+    httpserver: HTTPServer, warehouse, report, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The create was refused by the connection (nothing stored) and someone else made a
+    page titled like ours: the rerun creates our page instead of recording theirs."""
+    stub = NotionStub(httpserver)
+    stub.hang_after_create = 2.5
+    deliver(warehouse, report, tmp_path, resource(httpserver, timeout_seconds=1))
+    time.sleep(2)
+    with stub.lock:
+        stub.pages.clear()  # as if the interrupted create never reached Notion
+    stub.add_page(f"Weekly onboarding report: week of {WEEK}", [])
+    stub.hang_after_create = 0
+    second = deliver(warehouse, report, tmp_path, resource(httpserver))
+    assert second.sent == [f"notion:{DATABASE}"] and second.recovered == []
+    assert stub.creates == 2
+    assert notion_row(warehouse).provider_id == stub.pages[-1]["id"] != "other-1"
 
 
 def test_an_error_answer_is_failed_and_retried(

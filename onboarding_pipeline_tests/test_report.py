@@ -55,6 +55,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     with pytest.MonkeyPatch.context() as patch:
         for name in ("DAGSTER_HOME", "SLACK_BOT_TOKEN", "SMTP_HOST"):
             patch.delenv(name, raising=False)
+        # The Monday after the data's last week: that week just ended, so it is delivered.
+        patch.setenv("ONBOARDING_DELIVERY_CLOCK", "2026-11-02T09:00:00Z")
         summary = run_pipeline(settings, echo=lambda line: None)
     reports = sorted(path.name for path in (output / "reports").iterdir())
     yield Built(settings, summary, load_config(settings.config_path), reports[-1])

@@ -223,6 +223,9 @@ def test_two_full_runs_at_once_on_postgres(  # type: ignore[no-untyped-def]
             SMTP_PORT=str(port),
             SMTP_SECURITY="none",  # a documented value that used to fail loading
             SMTP_FROM="reports@example.com",
+            # The generated data ends in the week of 2026-10-26: the Monday after, that week
+            # is the one that just ended, the only one deliveries send.
+            ONBOARDING_DELIVERY_CLOCK="2026-11-02T09:00:00Z",
         )
         runs = [
             subprocess.Popen(

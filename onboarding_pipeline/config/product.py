@@ -220,17 +220,20 @@ class ReportSettings(_Strict):
     def _recipients_are_addresses(cls, recipients: list[str]) -> list[str]:
         # A CR/LF (a header injected into the message) or any other malformed address fails
         # here, when the config loads, not halfway through a delivery.
+        # Compared as delivered: the domain in its IDNA (punycode) form, so `ana@bücher.example`
+        # and `ana@xn--bcher-kva.example` are one recipient listed twice.
         seen: set[str] = set()
         for index, address in enumerate(recipients):
             try:
-                validate_email(address, check_deliverability=False)
+                parsed = validate_email(address, check_deliverability=False)
             except EmailNotValidError as error:
                 raise ValueError(
                     f"[{index}] {address!r} is not an email address: {error}"
                 ) from None
-            if address.lower() in seen:
+            canonical = f"{parsed.local_part}@{parsed.ascii_domain}".lower()
+            if canonical in seen:
                 raise ValueError(f"[{index}] {address!r} is listed twice")
-            seen.add(address.lower())
+            seen.add(canonical)
         return recipients
 
     @field_validator("title", "slack_channel", "notion_database_id")

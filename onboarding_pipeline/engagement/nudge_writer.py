@@ -23,6 +23,7 @@ calls; a per-run budget caps calls; a circuit breaker stops calling an API that 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
@@ -41,7 +42,9 @@ from urllib.parse import urlsplit
 
 import anthropic
 from anthropic.types import Message
+from confusable_homoglyphs import confusables
 from dagster import ConfigurableResource
+from publicsuffixlist import PublicSuffixList
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 log = logging.getLogger(__name__)
@@ -86,21 +89,26 @@ PLACEHOLDER = re.compile(
     r"|%\(?\w*\)?s\b|\b[A-Z]+(?:_[A-Z]+)+\b|\b__\w+__\b"  # %s, FIRST_NAME, __name__
     r"|\bTODO\b|(?i:\blorem ipsum\b)"
 )
-# What a nudge never asks for. A term that is part of the next step itself (`set password`)
-# is allowed, so a message about that step can name it. Matched on the checked form of the
-# text (NFKC, every dash a hyphen-minus). Case-insensitive except `PIN`: "pin your dashboard"
-# is a product feature, "your PIN" is not.
-SENSITIVE = (
+# What a nudge never asks for, as data: (label, patterns). A term that is part of the next step
+# itself (`set password`) is allowed, so a message about that step can name it. Matched on the
+# message's skeleton (`skeleton()`: NFKC, invisible characters gone, look-alike letters folded to
+# Latin, accents dropped, `p@ssw0rd` / `pass-word` / `p a s s w o r d` rejoined), so patterns are
+# written in plain unaccented ASCII. Case-insensitive except `PIN`: "pin your dashboard" is a
+# product feature, "your PIN" is not. English first, then Spanish, French, German, Portuguese.
+SENSITIVE_TERMS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
-        re.compile(
-            r"(?i:\bpass(?:word|wd|code|phrase)s?\b|\bpwd\b|\bpin (?:code|number)s?\b"
-            r"|\b(?:your|\d+[- ]digits?|four[- ]digits?|six[- ]digits?) pin\b)|\bPINs?\b"
-        ),
         "a password or PIN",
+        (
+            r"(?i:\bpass ?(?:word|wd|code|phrase)s?\b|\bpwd\b|\bpin ?(?:code|number)s?\b"
+            r"|\b(?:your|\d+[- ]?digits?|four[- ]?digits?|six[- ]?digits?) pin\b)|\bPINs?\b",
+            r"(?i)\bcontrasenas?\b|\bmots? de passe\b|\bpass ?wor(?:t|ter)\b|\bkennwor(?:t|ter)\b"
+            r"|\bsenhas?\b|\bpalavras?[- ]?passe\b|\bcodigo pin\b|\bcode pin\b",
+        ),
     ),
     (
-        re.compile(
-            r"\b(?:credit|debit|bank|payment) ?cards?\b"
+        "card details",
+        (
+            r"(?i)\b(?:credit|debit|bank|payment) ?cards?\b"
             r"|\bcard ?(?:numbers?|details|info\w*|digits|data)\b"
             r"|\b(?:visa|master ?card|amex|american express|maestro|discover)(?: card)?"
             r" (?:numbers?|digits|details)\b"
@@ -109,38 +117,110 @@ SENSITIVE = (
             r" (?:card|visa|master ?card|amex)\b"
             r"|\bcv[cv]2?\b|\bcvn\b|\bcard verification\b|\bsecurity code\b"
             r"|\bexp(?:iry|iration)?\.? dates?\b|\bvalid (?:thru|through)\b",
-            re.I,
+            # tarjeta de credito, numero de tarjeta, carte bancaire, numero de carte, Kreditkarte,
+            # Kartennummer, cartao de credito, numero do cartao, ...
+            r"(?i)\btarjetas? de (?:credito|debito|pago)\b|\b(?:numero|datos) de (?:la |tu |su )?tarjeta\b"
+            r"|\bcartes? (?:bancaires?|de credit|de paiement|bleues?)\b"
+            r"|\b(?:numero|donnees|code) de (?:la |ta |votre )?carte\b"
+            r"|\b(?:kredit|debit|bank|ec|giro)karten?(?:nummer|daten)?n?\b|\bkarten ?(?:nummer|daten|prue?fnummer)n?\b"
+            r"|\bcartoes? de (?:credito|debito)\b|\b(?:numero|dados) do (?:seu )?cartao\b"
+            r"|\bcodigo de seguridad\b|\bcode de securite\b|\bcodigo de seguranca\b"
+            r"|\bsicherheitscode\b|\bfecha de (?:caducidad|vencimiento)\b"
+            r"|\bdate d'?expiration\b|\bablaufdatum\b|\bdata de validade\b",
         ),
-        "card details",
     ),
     (
-        re.compile(
-            r"\bcredentials?\b"
-            r"|\b(?:log ?in|sign[- ]?in|sign[- ]?on) (?:details|info(?:rmation)?|data|name)\b"
-            r"|\bapi[ _-]?keys?\b"
-            r"|\b(?:secret|private|access) keys?\b|\bclient secret\b"
-            r"|\b(?:access|api|auth|bearer) tokens?\b",
-            re.I,
-        ),
         "credentials",
+        (
+            r"(?i)\bcredentials?\b"
+            r"|\b(?:log ?in|sign[- ]?in|sign[- ]?on) (?:details|info(?:rmation)?|data|name)\b"
+            r"|\bapi[ _-]?keys?\b|\b(?:secret|access) keys?\b|\bclient secret\b"
+            r"|\b(?:access|api|auth|bearer) tokens?\b",
+            r"(?i)\bcredenciales\b|\bidentifiants?\b|\bzugangsdaten\b|\banmeldedaten\b"
+            r"|\bcredenciais\b|\bdatos de acceso\b|\bdados de acesso\b",
+        ),
     ),
     (
-        re.compile(
-            r"\b(?:one[- ]?time|verification|2fa|mfa|security|log[- ]?in|sign[- ]?in|access"
-            r"|confirmation|auth(?:entication)?) (?:code|password|number)s?\b"
-            r"|\botps?\b|\b\d+[- ]digit codes?\b",
-            re.I,
+        "a private or SSH key",
+        (
+            r"(?i)\bprivate ?keys?\b|\bssh ?keys?\b|\bpgp ?keys?\b"
+            r"|-----begin [a-z ]*private key-----|\bssh-(?:rsa|ed25519|dss)\b|\becdsa-sha2\b"
+            r"|\bclave privada\b|\bcle privee\b|\bprivater? schlue?ssel\b|\bchave privada\b",
         ),
+    ),
+    (
+        "a seed or recovery phrase",
+        (
+            r"(?i)\b(?:seed|recovery|mnemonic|backup|secret) ?(?:phrases?|words?|codes?)\b"
+            r"|\b(?:12|24|twelve|twenty[- ]?four)[- ]?words? (?:phrase|seed|recovery|backup)\b"
+            r"|\bfrase (?:semilla|de recuperacion|de recuperacao)\b|\bphrase de recuperation\b"
+            r"|\bwiederherstellungs ?(?:phrase|code|satz)s?\b|\bseed ?phrase\b",
+        ),
+    ),
+    (
         "a one-time code",
+        (
+            r"(?i)\b(?:one ?time|verification|2fa|mfa|two[- ]?factor|security|log ?in|sign ?in"
+            r"|access|confirmation|auth(?:entication|enticator)?|sms) (?:codes?|passwords?|numbers?)\b"
+            r"|\botps?\b|\b\d+[- ]?digit codes?\b|\bcodes? (?:we|that we|i) (?:just )?sent\b"
+            r"|\b(?:your|the) code is\b",
+            r"(?i)\bcodigos? de (?:verificacion|verificacao|seguridad|seguranca|acceso|acesso"
+            r"|confirmacion|confirmacao|un solo uso)\b|\bcodigo que te (?:enviamos|mandamos)\b"
+            r"|\bcodes? (?:de verification|de confirmation|a usage unique|unique)\b"
+            r"|\b(?:bestae?tigungs|verifizierungs|einmal|sicherheits|anmelde|sms) ?codes?\b"
+            r"|\bcodigo (?:que|enviado)\b",
+        ),
     ),
     (
-        re.compile(
-            r"\bbank (?:account|details)\b|\baccount number\b|\brouting number\b|\biban\b"
-            r"|\bsocial security\b|\bssn\b",
-            re.I,
-        ),
         "bank or identity numbers",
+        (
+            r"(?i)\bbank (?:account|details)\b|\baccount number\b|\brouting number\b|\biban\b"
+            r"|\bsocial security\b|\bssn\b|\bcuenta bancaria\b|\bcoordonnees bancaires\b"
+            r"|\bbankverbindung\b|\bkontonummer\b|\bconta bancaria\b",
+        ),
     ),
+    (
+        "threats or false urgency (phishing)",
+        (
+            r"(?i)\b(?:account|access|workspace|data)\b.{0,20}\b(?:will|would|may|is about to|is going to)"
+            r" be (?:suspended|locked|closed|deleted|deactivated|disabled|terminated|blocked|lost)\b"
+            r"|\b(?:account|workspace) (?:has been|was|is) (?:suspended|locked|compromised|hacked"
+            r"|blocked|disabled)\b|\b(?:suspend|lock|close|delete|deactivate|disable|terminate)"
+            r" your (?:account|workspace|access)\b|\bunusual (?:activity|sign[- ]?in|log ?in)\b"
+            r"|\bimmediate(?:ly)? action\b|\baction required\b|\bfinal (?:notice|warning)\b"
+            r"|\bverify your (?:identity|account|payment)\b|\bwithin \d+ hours? or\b",
+            r"(?i)\bcuenta (?:sera|ha sido|esta) (?:suspendida|bloqueada|cerrada|eliminada)\b"
+            r"|\bcompte (?:sera|a ete|est) (?:suspendu|bloque|ferme|supprime)\b"
+            r"|\bkonto (?:wird|wurde|ist) (?:gesperrt|geloe?scht|deaktiviert|geschlossen)\b"
+            r"|\bconta (?:sera|foi|esta) (?:suspensa|bloqueada|encerrada|excluida)\b"
+            r"|\bverifi(?:que|quez|zieren sie|ca) (?:su|votre|ihre|sua) (?:identidad|identite"
+            r"|identitae?t|identidade|cuenta|compte|konto|conta)\b",
+        ),
+    ),
+)
+
+
+def _scoped(pattern: str) -> str:
+    # `(?i)` applies to the whole expression in Python; joined with `|`, each keeps its own.
+    return f"(?i:{pattern[4:]})" if pattern.startswith("(?i)") else f"(?:{pattern})"
+
+
+SENSITIVE = tuple(
+    (re.compile("|".join(_scoped(pattern) for pattern in patterns)), label)
+    for label, patterns in SENSITIVE_TERMS
+)
+# A card-like number: 13 to 19 digits, maybe in groups (4111 1111 1111 1111); refused when the
+# Luhn checksum holds, as every card number's does.
+CARD_NUMBER = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,18}(?![\d])")
+# Links that need no dot or TLD to be one: localhost, `host:port`, a bracketed IPv6 address.
+LOCAL_LINK = re.compile(
+    r"(?i)\blocalhost\b|(?<![\w.:/@-])[a-z][\w-]*(?:\.[\w-]+)*:\d{2,5}\b(?!:)"
+    r"|\[[0-9a-f:]*:[0-9a-f:.]*\]"
+)
+# Reserved names (RFC 2606, 6761, 6762, 7686, 9476) that resolve or click like a TLD but are not
+# in the Public Suffix List.
+RESERVED_TLDS = frozenset(
+    {"example", "test", "invalid", "localhost", "local", "onion", "alt", "internal"}
 )
 # A phone number as people write one: digits with the usual separators (+44 20 7946 0958,
 # (555) 010-9999, 555.010.9999, 0049-30-1234567), 7 to 15 digits (E.164 allows 15). A nudge
@@ -161,6 +241,94 @@ PHONE_WORDS = re.compile(
 )
 # Every dash and hyphen a pattern should see as "-" (e.g. "one-time" written with U+2011).
 _DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043", "-"))
+# Characters that change how text reads without showing (bidi embeddings, overrides and
+# isolates): refused outright, since they can make a message display other than it is.
+BIDI_CONTROLS = frozenset(
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+)
+# Invisible characters that are not format controls (Unicode's Default_Ignorable set beyond Cf):
+# Hangul fillers, the combining grapheme joiner, variation selectors, Mongolian ones.
+_INVISIBLE_EXTRA = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u3164\uffa0")
+# Digits and signs that stand in for letters inside a word (`p@ssw0rd`, `pa$$word`).
+_LEET = str.maketrans("@4031!|5$72", "aaoeiilsstz")
+_LEET_RUN = re.compile(r"(?<=[^\W\d_])[@4031!|5$7]+(?=[^\W\d_])")
+# Separators inside a word (`pass-word`, `p.a.s.s`, `pass_word`, `pass*word`).
+_INNER_SEPARATOR = re.compile(r"(?<=[^\W\d_])[-_.*\u00b7\u2022'\u2019/\\]+(?=[^\W\d_])")
+# Three or more single letters apart (`p a s s w o r d`).
+_SPACED_LETTERS = re.compile(r"(?<![^\W\d_])(?:[^\W\d_] ){2,}[^\W\d_](?![^\W\d_])")
+
+
+def _invisible(char: str) -> bool:
+    if char in BIDI_CONTROLS:
+        return False  # kept, so that check_message can refuse them
+    if unicodedata.category(char) == "Cf" or char in _INVISIBLE_EXTRA:
+        return True
+    return "\ufe00" <= char <= "\ufe0f" or "\U000e0100" <= char <= "\U000e01ef"
+
+
+def normalize(text: str) -> str:
+    """The form every rule reads: NFKC (full-width letters, ligatures and look-alike digits
+    folded), invisible characters removed (a zero-width space inside `pass\u200bword`), every
+    dash a hyphen-minus, an ideographic full stop before a Latin letter read as a dot
+    (`evil。com`, while Japanese and Chinese sentences keep theirs)."""
+    if text.isascii():  # nothing to fold or remove (the common case, and a fast one)
+        return text
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(char for char in text if not _invisible(char))
+    text = re.sub(r"[\u3002\uff61](?=[A-Za-z])", ".", text)
+    return text.translate(_DASHES)
+
+
+@functools.lru_cache(maxsize=4096)
+def _latin_look_alike(char: str) -> str:
+    """The ASCII letter or digit `char` is confusable with (Unicode's confusables data), or
+    `char` itself."""
+    if char.isascii() or not char.isalpha():
+        return char
+    found = confusables.is_confusable(char, greedy=True, preferred_aliases=["latin"]) or []
+    for entry in found:
+        for glyph in entry.get("homoglyphs") or []:
+            if len(glyph["c"]) == 1 and glyph["c"].isascii() and glyph["c"].isalnum():
+                return str(glyph["c"])
+    return char
+
+
+def skeleton(text: str) -> str:
+    """`normalize(text)` as the sensitive-term rules read it: look-alike letters of other
+    scripts folded to Latin (Cyrillic `\u0440`, Greek `\u03bf`), accents dropped (`contraseña` ->
+    `contrasena`, `ü` -> `u`), and the usual disguises undone: `p@ssw0rd` -> `password`,
+    `pass-word` -> `password`, `p a s s w o r d` -> `password`. Case is kept (`PIN`)."""
+    text = normalize(text)
+    if not text.isascii():
+        text = "".join(_latin_look_alike(char) for char in text)
+        text = "".join(
+            char for char in unicodedata.normalize("NFKD", text) if not unicodedata.combining(char)
+        )
+        text = text.replace("ß", "ss")
+    text = _LEET_RUN.sub(lambda match: match.group().translate(_LEET), text)
+    text = _INNER_SEPARATOR.sub("", text)
+    return _SPACED_LETTERS.sub(lambda match: match.group().replace(" ", ""), text)
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum of a card number (every payment card number satisfies it)."""
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char) * (2 if index % 2 else 1)
+        total += value - 9 if value > 9 else value
+    return total % 10 == 0
+
+
+def card_number(text: str) -> str | None:
+    """The first 13-19 digit run in `text` (spaces or hyphens between digits allowed) that
+    passes the Luhn check, or None."""
+    for match in CARD_NUMBER.finditer(text):
+        digits = re.sub(r"\D", "", match.group())
+        if luhn_valid(digits):
+            return match.group()
+    return None
+
+
 # Phrases a nudge has no reason to contain; seeing one means the model talked about its prompt.
 LEAK_MARKERS = (
     "recipient_data",
@@ -418,9 +586,26 @@ def _allowed(host: str, allowed_domains: Sequence[str]) -> bool:
     )
 
 
+_SUFFIXES = PublicSuffixList(only_icann=True, accept_unknown=False)
+
+
+def known_tld(host: str) -> bool:
+    """Whether `host` ends in a top-level domain that exists (the Public Suffix List's ICANN
+    section, IDN TLDs included) or a reserved one (`.example`, `.test`, `.localhost`)."""
+    tld = host.rstrip(".").rpartition(".")[2].lower()
+    if tld in RESERVED_TLDS:
+        return True
+    ascii_tld = _ascii_host(tld)
+    return bool(tld) and (
+        _SUFFIXES.is_public(tld) or bool(ascii_tld and _SUFFIXES.is_public(ascii_tld))
+    )
+
+
 def unallowed_link(text: str, allowed_domains: Sequence[str] = ()) -> str | None:
-    """The first URL, domain name or IP address in `text` outside `allowed_domains`. A name
-    with a punycode (`xn--`) label passes only when it is exactly an allowed domain."""
+    """The first URL, domain name (under a real TLD), IP address, `localhost` or bare
+    `host:port` in `text` outside `allowed_domains`. A name with a punycode (`xn--`) label
+    passes only when it is exactly an allowed domain. Reads `text` as given: `check_message`
+    hands it the normalised form."""
     for match in SCHEME_URL.finditer(text):
         url = match.group()
         scheme, _, rest = url.partition(":")
@@ -434,8 +619,13 @@ def unallowed_link(text: str, allowed_domains: Sequence[str] = ()) -> str | None
         if not host or not _allowed(host, allowed_domains):
             return url
     for match in HOST.finditer(text):
-        if not _allowed(match.group(), allowed_domains):
+        # Only a name under a real top-level domain is a link: "Ana.Connect" is a missing
+        # space, a Japanese "設定。次" a sentence.
+        if known_tld(match.group()) and not _allowed(match.group(), allowed_domains):
             return match.group()
+    local = LOCAL_LINK.search(text)
+    if local:
+        return local.group()
     for match in PUNYCODE_NAME.finditer(text):
         # HOST wants a letters-only top-level label; `acme.xn--p1ai` has a punycode one.
         if not _allowed(match.group(), allowed_domains):
@@ -457,11 +647,16 @@ def phone_number(text: str) -> str | None:
 
 
 def sensitive_request(text: str, next_step: str = "") -> str | None:
-    """What secret `text` mentions (a password, card details, credentials...), unless the
-    next step itself is about it."""
+    """What secret `text` mentions or asks for (a password, card details or a card-like
+    number, credentials, a key, a seed phrase, a one-time code) or which scare tactic it uses,
+    in English, Spanish, French, German or Portuguese, however disguised (`skeleton`); None
+    when nothing. A term the next step itself is about may be named."""
+    folded, step = skeleton(text), skeleton(next_step)
     for pattern, label in SENSITIVE:
-        if pattern.search(text) and not pattern.search(next_step):
+        if pattern.search(folded) and not pattern.search(step):
             return label
+    if card_number(normalize(text)):
+        return "card details"
     return None
 
 
@@ -479,15 +674,16 @@ def check_message(
 ) -> str | None:
     """Why `text` must not be sent, or None when it is fit to use.
 
-    The rules read the NFKC form (full-width letters and look-alike dots folded to ASCII), and
-    invisible format characters (zero-width spaces, bidi overrides) are refused outright: both
-    are ways to write a link or the word "password" that a pattern would not see. Every dash
-    reads as "-" ("one-time code" written with a non-breaking hyphen, U+2011)."""
+    Every rule reads `normalize(text)`: NFKC (full-width letters and look-alike dots folded
+    to ASCII), invisible characters removed, every dash "-" ("one-time code" written with a
+    non-breaking hyphen, U+2011): ways to write a link or the word "password" that a pattern
+    would not see otherwise. Sensitive terms are read on the `skeleton` (look-alike letters,
+    leetspeak and spaced-out words undone). Bidirectional controls are refused outright."""
     if not text.strip():
         return "empty message"
-    if any(unicodedata.category(char) == "Cf" for char in text):
-        return "contains invisible format characters (zero-width or bidirectional controls)"
-    text = unicodedata.normalize("NFKC", text).replace("\u3002", ".").translate(_DASHES)
+    if any(char in BIDI_CONTROLS for char in text):
+        return "contains bidirectional control characters (text that displays reordered)"
+    text = normalize(text)
     if len(text.split()) > max_words:
         return f"over the word limit ({len(text.split())} > {max_words} words)"
     if len(text) > max_words * MAX_CHARACTERS_PER_WORD:
@@ -498,6 +694,9 @@ def check_message(
     link = unallowed_link(text, allowed_domains)
     if link:
         return f"contains a link outside allowed_domains ({link[:80]})"
+    card = card_number(text)
+    if card:
+        return f"contains a card-like number ({card[:4]}…): a nudge never asks for card details"
     phone = phone_number(text)
     if phone:
         return f"contains a phone number ({phone[:40]}): a nudge never asks anyone to call or text"
@@ -529,16 +728,61 @@ def _tidy(text: str) -> str:
 # --- templates ----------------------------------------------------------------------------------
 
 
+# Text in a user-supplied field that tries to talk to the model or the reader, not name someone.
+FIELD_INJECTION = re.compile(
+    r"(?i)\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions?|rules|prompts?|above)\b"
+    r"|\b(?:system|developer) (?:prompt|message)\b|\byou are now\b|\bnew instructions\b"
+)
+
+
+@functools.lru_cache(maxsize=65536)  # names, companies and roles repeat across a queue
+def safe_field(value: str | None) -> str | None:
+    """A user-supplied value (a first name, a company, a role) fit to go into a template, or
+    None: one that would fail the output guard (a domain like `evil.com`, a URL, a phone or
+    card number, a credential word, a placeholder or markup), or reads as instructions."""
+    if not value:
+        return None
+    if FIELD_INJECTION.search(skeleton(value)):
+        return None
+    if check_message(value, max_words=len(value.split()) + 1, prompt=""):
+        return None
+    return value
+
+
 def template_message(request: NudgeRequest) -> str:
-    """A plain English message per intervention type, personalised with the cleaned fields."""
+    """A plain English message per intervention type, personalised with the cleaned fields.
+
+    A user-supplied field that would not pass the output guard is replaced by a neutral word
+    ("there", "your team"); the whole message is checked too, and if it still fails (a next
+    step that reads like a link, say) the neutral message goes out."""
     data = recipient_data(request)
-    name = data.get("first_name", "there")
-    company = data.get("company")
+    message = _fill_template(
+        request.intervention_type,
+        name=safe_field(data.get("first_name")),
+        company=safe_field(data.get("company")),
+        role=safe_field(data.get("role")),
+        step=data.get("next_step"),
+    )
+    problem = check_message(
+        message, max_words=400, prompt="", next_step=readable(request.next_action)
+    )
+    if problem:
+        return _fill_template(request.intervention_type, None, None, None, None)
+    return message
+
+
+def _fill_template(
+    intervention_type: str,
+    name: str | None,
+    company: str | None,
+    role: str | None,
+    step: str | None,
+) -> str:
+    name = name or "there"
     team = f"the {company} team" if company else "your team"
-    role = data.get("role")
     as_role = f" as {role}" if role else ""
-    step = data.get("next_step", "pick up where you left off")
-    kind = request.intervention_type.lower()
+    step = step or "pick up where you left off"
+    kind = intervention_type.lower()
     if kind == "urgent":
         return (
             f"Hi {name}, it looks like something is holding {team} up. "

@@ -1,5 +1,6 @@
 """Reporting assets: the weekly report and its deliveries (group `reporting`, weekly partitions)."""
 
+import os
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -71,9 +72,33 @@ class DeliveryConfig(Config):
     """Run config of `report_deliveries`."""
 
     # Send again to recipients whose ledger row says `sent` (e.g. after fixing the report),
-    # and deliver a week that is not the current one (a backfill). Once per run: the step and
-    # run retries of a forced run do not send again what its first attempt sent.
+    # and deliver a week other than the one that just ended (a backfill, or the week still
+    # running). Once per run: the step and run retries of a forced run do not send again what
+    # its first attempt sent.
     force: bool = False
+
+
+# The wall clock that decides which week is delivered, as ISO-8601 (naive = UTC). Only to
+# rehearse or test the delivery of a given week; unset = the real clock.
+ENV_DELIVERY_CLOCK = "ONBOARDING_DELIVERY_CLOCK"
+
+
+def delivery_clock() -> datetime:
+    """Now (UTC) as deliveries see it: `ONBOARDING_DELIVERY_CLOCK` when set, else the clock.
+
+    Deliberately not the data's watermark (nor `as_of`): a fresh warehouse loaded with an old
+    export, or a backfill that stops at an old day, has its watermark in an old week, and that
+    week must not go to stakeholders as if it were this week's."""
+    pinned = os.environ.get(ENV_DELIVERY_CLOCK, "").strip()
+    if not pinned:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(pinned)
+    except ValueError:
+        raise ValueError(
+            f"{ENV_DELIVERY_CLOCK}={pinned!r} is not an ISO-8601 time (e.g. 2026-11-02T09:00Z)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def data_watermark(warehouse: WarehouseResource, config: ProductConfig) -> datetime | None:
@@ -94,47 +119,52 @@ def _monday(moment: datetime) -> date:
     return day - timedelta(days=day.weekday())
 
 
-def _reference(watermark: datetime | None, now: datetime | None) -> tuple[datetime, str]:
-    if watermark is not None:
-        return watermark, f"the data's watermark ({watermark.astimezone(UTC):%Y-%m-%d %H:%M} UTC)"
-    moment = now or datetime.now(UTC)
-    return moment, f"today ({moment:%Y-%m-%d}; no events yet)"
+def deliverable_week(now: datetime | None = None) -> str:
+    """The one week a run delivers without `force`: the Monday-to-Sunday week (UTC) that
+    ended last by the wall clock (what the Monday schedule reports)."""
+    return (_monday(now or delivery_clock()) - timedelta(days=7)).isoformat()
 
 
-def undeliverable_reason(
-    week: str, watermark: datetime | None, now: datetime | None = None
-) -> str | None:
-    """Why week `week`'s report is not delivered, None when it is: only the week holding the
-    data's watermark (what `onboarding-pipeline run` reports) and the week before it (the week
-    that just ended, what Monday's schedule reports) are delivered; an older week is a
-    backfill, a later one has no data yet. Without events the clock stands in."""
-    reference, described = _reference(watermark, now)
-    current = _monday(reference)
-    monday = date.fromisoformat(week)
-    if monday < current - timedelta(days=7):
-        return (
-            f"week {week} is a backfill: {described} is in week {current.isoformat()}, and only "
-            f"that week and the one before ({(current - timedelta(days=7)).isoformat()}) are "
-            "delivered; run config `force: true` delivers it anyway"
-        )
-    if monday > current:
-        return (
-            f"week {week} begins after {described}: nothing to deliver yet; run config "
-            "`force: true` delivers it anyway"
-        )
-    return None
+def undeliverable_reason(week: str, now: datetime | None = None) -> str | None:
+    """Why week `week`'s report is not delivered, None when it is: only the week that just
+    ended by the wall clock (`now`, default `delivery_clock()`) is. An older week is a
+    backfill; the week still running would go out half-counted and then count as sent."""
+    now = now or delivery_clock()
+    due = deliverable_week(now)
+    if week == due:
+        return None
+    clock = (
+        f"by the clock ({now.astimezone(UTC):%Y-%m-%d %H:%M} UTC) the week that just ended is {due}"
+    )
+    if week < due:
+        kind = f"week {week} is a backfill"
+    elif week == _monday(now).isoformat():
+        kind = f"week {week} has not ended yet"
+    else:
+        kind = f"week {week} begins in the future"
+    return (
+        f"{kind}: {clock}, the only week delivered without run config `force: true` "
+        "(which delivers it anyway)"
+    )
 
 
 def backfill_note(week: str, watermark: datetime | None, now: datetime | None = None) -> str | None:
-    """What the report of a past week says about itself (None for the current weeks)."""
-    reference, described = _reference(watermark, now)
-    if date.fromisoformat(week) >= _monday(reference) - timedelta(days=7):
-        return None
-    return (
-        f"Backfill of an earlier week: every section shows the warehouse tables as they are now "
-        f"({described}), not as they were at the end of the week of {week}. This report is not "
-        "delivered."
-    )
+    """What the report of week `week` says about itself (None for the week delivered): that
+    its tables are newer than the week (the data's watermark is in a later week), and that
+    it is not delivered (by the wall clock, `now`)."""
+    notes = []
+    if watermark is not None and date.fromisoformat(week) < _monday(watermark) - timedelta(days=7):
+        notes.append(
+            "Backfill of an earlier week: every section shows the warehouse tables as they are "
+            f"now (the data's watermark, {watermark.astimezone(UTC):%Y-%m-%d %H:%M} UTC), not as "
+            f"they were at the end of the week of {week}."
+        )
+    if undeliverable_reason(week, now):
+        notes.append(
+            f"This report is not delivered: by the clock the week that just ended is "
+            f"{deliverable_week(now)}, the only week delivered unless a run forces it."
+        )
+    return " ".join(notes) or None
 
 
 def build_reporting_assets(
@@ -167,7 +197,7 @@ def build_reporting_assets(
         config = product_config.load()
         week = context.partition_key
         data = gather_report(warehouse, config, Path(outputs.path), week)
-        data.state_note = backfill_note(week, data_watermark(warehouse, config))
+        data.state_note = backfill_note(week, data_watermark(warehouse, config), delivery_clock())
         files, charts = write_report(data, outputs.folder("reports") / week)
         context.log.info(f"report of week {week} written to {files.folder}")
         metadata: dict[str, Any] = {
@@ -207,9 +237,10 @@ def build_reporting_assets(
         charts uploaded in its thread), each email recipient (a message of their own: text,
         HTML, inline charts) and the Notion database (a page per week), if configured.
 
-        Only the current weeks are delivered: the week holding the data's watermark and the
-        week that just ended; a backfill of an older week renders but sends nothing (unless
-        run config says `force: true`). The ledger `report_deliveries` keeps one row per
+        Only the week that just ended by the wall clock (UTC; `ONBOARDING_DELIVERY_CLOCK`
+        pins it) is delivered, whatever the data's watermark: a backfill of an older week, or
+        the week still running, renders but sends nothing (unless run config says
+        `force: true`). The ledger `report_deliveries` keeps one row per
         (week, channel, recipient): `sending` is recorded before a message leaves, `sent` once
         the service accepted it, and a sent row is not sent again unless `force: true` (once
         per run: the step and run retries of a forced run do not resend what it sent).
@@ -221,7 +252,7 @@ def build_reporting_assets(
         if not (folder / "report.json").exists():
             raise Failure(f"no report for week {week}: materialize weekly_report first")
         product = product_config.load()
-        reason = undeliverable_reason(week, data_watermark(warehouse, product))
+        reason = undeliverable_reason(week, delivery_clock())
         if reason and not config.force:
             context.log.info(f"not delivered: {reason}")
             return MaterializeResult(

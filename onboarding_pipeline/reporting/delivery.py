@@ -5,11 +5,11 @@ week's deliveries run under that week's lock in the warehouse: one deliverer at 
 whatever started the run. Before a message leaves, its row says `sending` with the message's
 idempotency key; once the service accepted it, `sent`. A run that finds `sending` (the last
 one died, or got no answer) looks before it sends again: Slack, the channel's recent history
-for a message carrying the key in its metadata; Notion, the database for the week's page
-created since; email cannot be looked up, so it goes again with the same Message-ID (mail
-systems that keep one message per Message-ID show it once). A service that answered "no"
-leaves `failed`, tried again on the next run, like `outbox`; `sent` is never sent again
-unless forced. Each channel is delivered on its own: a Slack failure does not stop email.
+for a message carrying the key in its metadata; Notion, the database's pages created since,
+for the one carrying the key (in its last block); email cannot be looked up, so it goes again
+with the same Message-ID (mail systems that keep one message per Message-ID show it once).
+A service that answered "no" leaves `failed`, tried again on the next run, like `outbox`;
+`sent` is never sent again unless forced. Each channel is delivered on its own: a Slack failure does not stop email.
 Without credentials the exact message is written to the outbox folder instead.
 
 Every key carries the deployment's id (a random value kept in the warehouse, table
@@ -40,7 +40,13 @@ from slack_sdk.errors import SlackApiError
 
 from onboarding_pipeline.config.product import ReportSettings
 from onboarding_pipeline.reporting import notion as notion_pages
-from onboarding_pipeline.reporting.mail import EmailResource, build_email, report_message_id
+from onboarding_pipeline.reporting.mail import (
+    EmailResource,
+    SmtpConnection,
+    build_email,
+    report_message_id,
+    unique_recipients,
+)
 from onboarding_pipeline.reporting.notion import NotionResource
 from onboarding_pipeline.reporting.report import (
     NOT_ENOUGH_DATA,
@@ -165,6 +171,10 @@ class Ledger:
             "idempotency_key": None,
             "intent_at": None,
         }
+        if values.get("status") in (FAILED, SENDING):
+            # Not (or not yet) delivered: an id from an earlier send (a forced run's row
+            # holds the previous message's) must not pass for this message's.
+            values = {"provider_id": None, **values}
         row.update(values, updated_at=now)
         if values.get("status") == SENT:
             row["sent_at"] = now
@@ -375,9 +385,10 @@ def deliver_email(
     keys: MessageKeys,
 ) -> None:
     """One message per recipient (To: that address only), each with its ledger row."""
+    recipients = unique_recipients(settings.recipients)
     if not email.configured:
-        due = [r for r in settings.recipients if _outbox_due(ledger.get("email", r), keys.forced)]
-        result.skipped += [f"email:{r}" for r in settings.recipients if r not in due]
+        due = [r for r in recipients if _outbox_due(ledger.get("email", r), keys.forced)]
+        result.skipped += [f"email:{r}" for r in recipients if r not in due]
         if not due:
             return
         folder = outbox / "email"
@@ -403,40 +414,65 @@ def deliver_email(
             keys.forced,
         )
 
-    message_ids = {recipient: key_for(recipient) for recipient in settings.recipients}
-    due = [
-        r for r in settings.recipients if _due(ledger.get("email", r), message_ids[r], keys.forced)
-    ]
-    result.skipped += [f"email:{r}" for r in settings.recipients if r not in due]
+    message_ids = {recipient: key_for(recipient) for recipient in recipients}
+    due = [r for r in recipients if _due(ledger.get("email", r), message_ids[r], keys.forced)]
+    result.skipped += [f"email:{r}" for r in recipients if r not in due]
     if not due:
         return
     pending = list(due)
+    while pending:
+        reconnect = False
+        try:
+            with email.connection() as smtp:
+                while pending and not reconnect:
+                    recipient = pending[0]
+                    key = message_ids[recipient]
+                    message = email_message(data, charts, email.sender, recipient, key)
+                    attempts = _attempts(ledger.get("email", recipient))
+                    ledger.intend("email", recipient, key, attempts)
+                    pending.pop(0)
+                    # A dead session costs this recipient the attempt, not the ones after.
+                    reconnect = not _send_one(ledger, result, smtp, message, recipient, key)
+                    ledger.save()
+        except Exception as error:  # connection, TLS or login: nobody left can be tried
+            for recipient in pending:
+                ledger.update("email", recipient, status=FAILED, last_error=_short(error))
+                result.failed[f"email:{recipient}"] = _short(error)
+            ledger.save()
+            return
+
+
+def _send_one(
+    ledger: Ledger,
+    result: DeliveryResult,
+    smtp: SmtpConnection,
+    message: Any,
+    recipient: str,
+    key: str,
+) -> bool:
+    """Send `message` to `recipient` and record the outcome in its own row; False when the
+    session is dead afterwards (the caller reconnects for the next recipient).
+
+    Any answer but a 250 after DATA fails this recipient only: an address the server refuses
+    (RCPT), a message it rejects (DATA 554), an address it cannot take (non-ASCII without
+    SMTPUTF8). A session that broke mid-message leaves it unknown whether the server kept
+    it; the row is `failed` and the retry goes with the same Message-ID."""
+    name = f"email:{recipient}"
     try:
-        with email.connection() as smtp:
-            while pending:
-                recipient = pending[0]
-                key = message_ids[recipient]
-                message = email_message(data, charts, email.sender, recipient, key)
-                ledger.intend("email", recipient, key, _attempts(ledger.get("email", recipient)))
-                try:
-                    smtp.send(message, recipient)
-                except smtplib.SMTPRecipientsRefused as error:
-                    code, reply = error.recipients.get(recipient, (0, b""))
-                    reason = f"refused: {code} {reply!r}"[:_MAX_ERROR_CHARS]
-                    ledger.update("email", recipient, status=FAILED, last_error=reason)
-                    result.failed[f"email:{recipient}"] = reason
-                else:
-                    # The server's 250 after DATA: delivered, whatever happens to the session.
-                    ledger.update("email", recipient, status=SENT, provider_id=key, last_error=None)
-                    result.sent.append(f"email:{recipient}")
-                ledger.save()
-                pending.pop(0)
-    except Exception as error:  # connection, TLS, login or a dropped session
-        for recipient in pending:
-            # Rows still `sending` keep their Message-ID: the retry is the same message.
-            ledger.update("email", recipient, status=FAILED, last_error=_short(error))
-            result.failed[f"email:{recipient}"] = _short(error)
-        ledger.save()
+        smtp.send(message, recipient)
+    except smtplib.SMTPRecipientsRefused as error:
+        code, reply = error.recipients.get(recipient, (0, b""))
+        reason = f"refused: {code} {reply!r}"[:_MAX_ERROR_CHARS]
+    except (smtplib.SMTPException, OSError, UnicodeError) as error:
+        reason = _short(error)
+    else:
+        # The server's 250 after DATA: delivered, whatever happens to the session.
+        ledger.update("email", recipient, status=SENT, provider_id=key, last_error=None)
+        result.sent.append(name)
+        return True
+    ledger.update("email", recipient, status=FAILED, last_error=reason)
+    result.failed[name] = reason
+    return smtp.alive()
 
 
 def slack_channel_id(client: WebClient, channel: str) -> str:
@@ -634,12 +670,9 @@ def deliver_notion(
     recovered = False
     try:
         source_id, title_property = notion_pages.data_source_of(client, database_id)
-        title = notion_pages.page_title(data)
         page_id = None
         if _status(earlier) == SENDING:
-            page_id = notion_pages.find_page(
-                client, source_id, title_property, title, _since(earlier)
-            )
+            page_id = notion_pages.find_page(client, source_id, key, _since(earlier))
             if page_id is not None:
                 result.recovered.append(name)
                 recovered = True
@@ -647,7 +680,7 @@ def deliver_notion(
             ledger.intend("notion", database_id, key, attempts)
             step = "create"
             page_id = notion_pages.create_page(
-                client, notion_pages.page_payload(data, source_id, title_property)
+                client, notion_pages.page_payload(data, source_id, title_property, key)
             )
     except Exception as error:
         ledger.update("notion", database_id, attempts=attempts, last_error=_short(error))

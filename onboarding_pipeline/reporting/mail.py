@@ -8,12 +8,13 @@ import os
 import re
 import smtplib
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
+from email_validator import validate_email
 from pydantic import field_validator
 
 ENV_SMTP = {
@@ -113,6 +114,13 @@ class SmtpConnection:
         (`SMTPRecipientsRefused` when the server refused the address)."""
         self._smtp.send_message(message, to_addrs=[recipient])
 
+    def alive(self) -> bool:
+        """Whether the session still answers (NOOP), e.g. after a failed message."""
+        try:
+            return self._smtp.noop()[0] == 250
+        except (smtplib.SMTPException, OSError):
+            return False
+
 
 def email_resource_from_env() -> EmailResource:
     """The resource for `Definitions`: each setting as an `EnvVar` when that variable is set
@@ -128,6 +136,26 @@ def email_resource_from_env() -> EmailResource:
         for field, name in present.items()
     }
     return EmailResource(**settings)  # type: ignore[arg-type]
+
+
+def canonical_recipient(address: str) -> str:
+    """`address` as one recipient is spelled everywhere (ledger, envelope, To:): the local
+    part as written, the domain lowercased and in its IDNA (punycode) form, so
+    `ana@bücher.example` and `ana@xn--bcher-kva.example` are one recipient, not two
+    deliveries. The ASCII domain also reaches servers without SMTPUTF8. Raises
+    `EmailNotValidError` for anything that is not an address."""
+    parsed = validate_email(address.strip(), check_deliverability=False)
+    return f"{parsed.local_part}@{parsed.ascii_domain}"
+
+
+def unique_recipients(addresses: Iterable[str]) -> list[str]:
+    """The canonical form of each address, once each (case-insensitively, like the config
+    check), in the order given."""
+    unique: dict[str, str] = {}
+    for address in addresses:
+        canonical = canonical_recipient(address)
+        unique.setdefault(canonical.lower(), canonical)
+    return list(unique.values())
 
 
 def report_message_id(

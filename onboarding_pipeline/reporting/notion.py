@@ -1,7 +1,8 @@
 """`NotionResource` and the weekly report as a Notion page (notion-client, API 2025-09-03).
 
 One page per week in a configured database: its title is the report's title and week, its
-body the summary (review items, KPIs, funnel). Notion stores rich text as plain text (no
+body the summary (review items, KPIs, funnel) and, last, the delivery's idempotency key (what a
+rerun after a crash matches the page on). Notion stores rich text as plain text (no
 markup is parsed), so values from config or data go in as they are, cut to Notion's limits."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
 from notion_client import Client
-from notion_client.helpers import extract_notion_id
+from notion_client.helpers import extract_notion_id, iterate_paginated_api
 
 from onboarding_pipeline.reporting.report import NOT_ENOUGH_DATA, ReportData, fmt_change, fmt_kpi
 
@@ -22,6 +23,8 @@ ENV_NOTION_DATABASE_ID = "NOTION_DATABASE_ID"
 ENV_NOTION_BASE_URL = "NOTION_API_BASE_URL"
 _TEXT_LIMIT = 2000  # characters per rich-text object
 _BLOCK_LIMIT = 100  # children per request
+# The text before the delivery key in the page's last block.
+KEY_LABEL = "Delivery key: "
 
 
 class NotionResource(ConfigurableResource):
@@ -134,12 +137,26 @@ def page_blocks(data: ReportData) -> list[dict[str, Any]]:
     return blocks[:_BLOCK_LIMIT]
 
 
-def page_payload(data: ReportData, data_source_id: str, title_property: str) -> dict[str, Any]:
-    """The body of `pages.create` for the week's page."""
+def key_block(key: str) -> dict[str, Any]:
+    """The block that carries the page's delivery key: how a rerun recognises the page an
+    interrupted attempt created, whatever its title has become (and never another
+    deployment's page of the same week, whose key differs)."""
+    block = _block("paragraph", f"{KEY_LABEL}{key}")
+    block["paragraph"]["color"] = "gray"
+    return block
+
+
+def page_payload(
+    data: ReportData, data_source_id: str, title_property: str, key: str | None = None
+) -> dict[str, Any]:
+    """The body of `pages.create` for the week's page; with `key`, its last block carries it."""
+    children = page_blocks(data)
+    if key is not None:
+        children = [*children[: _BLOCK_LIMIT - 1], key_block(key)]
     return {
         "parent": {"type": "data_source_id", "data_source_id": data_source_id},
         "properties": {title_property: {"title": _text(page_title(data))}},
-        "children": page_blocks(data),
+        "children": children,
     }
 
 
@@ -160,21 +177,34 @@ def data_source_of(client: Client, database_id: str) -> tuple[str, str]:
     raise RuntimeError(f"Notion data source {source_id} has no title property")
 
 
-def find_page(
-    client: Client, data_source_id: str, title_property: str, title: str, since: datetime | None
-) -> str | None:
-    """The id of a page titled `title` created at or after `since` (an earlier attempt that
-    reached Notion), or None."""
-    conditions: list[dict[str, Any]] = [{"property": title_property, "title": {"equals": title}}]
+def find_page(client: Client, data_source_id: str, key: str, since: datetime | None) -> str | None:
+    """The id of the page carrying delivery key `key` (its key block) created at or after
+    `since` (an earlier attempt that reached Notion), or None. Matched on the key, not the
+    title: a title may be edited, and another deployment's page of the week has the same."""
+    options: dict[str, Any] = {"data_source_id": data_source_id, "page_size": 100}
     if since is not None:
-        conditions.append(
-            {"timestamp": "created_time", "created_time": {"on_or_after": since.isoformat()}}
+        options["filter"] = {
+            "timestamp": "created_time",
+            "created_time": {"on_or_after": since.isoformat()},
+        }
+    for page in iterate_paginated_api(client.data_sources.query, **options):
+        if _carries_key(client, str(page["id"]), key):
+            return str(page["id"])
+    return None
+
+
+def _carries_key(client: Client, page_id: str, key: str) -> bool:
+    wanted = f"{KEY_LABEL}{key}"
+    for block in iterate_paginated_api(client.blocks.children.list, block_id=page_id):
+        if block.get("type") != "paragraph":
+            continue
+        text = "".join(
+            str((part.get("text") or {}).get("content", ""))
+            for part in block["paragraph"].get("rich_text") or []
         )
-    response: Any = client.data_sources.query(
-        data_source_id=data_source_id, filter={"and": conditions}, page_size=10
-    )
-    results = response.get("results") or []
-    return str(results[0]["id"]) if results else None
+        if text == wanted:
+            return True
+    return False
 
 
 def create_page(client: Client, payload: dict[str, Any]) -> str:
