@@ -323,7 +323,7 @@ def test_a_failed_forced_resend_keeps_no_provider_id_of_the_earlier_send(  # typ
     assert pd.isna(row.provider_id)  # not the Message-ID of last run's (other) message
 
 
-def test_an_idn_address_and_its_punycode_form_are_one_recipient(  # type: ignore[no-untyped-def]
+def test_an_idn_address_is_delivered_and_recorded_in_its_punycode_form(  # type: ignore[no-untyped-def]
     smtp, warehouse, report, tmp_path
 ) -> None:
     inbox, port = smtp
@@ -333,7 +333,8 @@ def test_an_idn_address_and_its_punycode_form_are_one_recipient(  # type: ignore
         data,
         charts,
         ReportSettings(
-            recipients=["Ana@Bücher.Example", "ana@xn--bcher-kva.example"],
+            # Listing it twice, once in punycode, fails at config load (test_delivery_settings).
+            recipients=["Ana@Bücher.Example"],
             slack_channel="",
         ),
         slack=SlackResource(),

@@ -38,8 +38,14 @@ def people(features: ir.Table, users: ir.Table, now: datetime, observation_hours
         horizon_end,
     )
     # A user who left (terminal event) is not onboarding any more: no score, no queue.
+    # (`user_features` built before terminal events existed has no such column: nobody left.)
+    stayed = (
+        features.terminated_at.isnull()
+        if "terminated_at" in features.columns
+        else ibis.literal(True)
+    )
     population = ibis.cases(
-        (features.label.isnull() & features.terminated_at.isnull(), ONBOARDING),
+        (features.label.isnull() & stayed, ONBOARDING),
         (features.window_closed, BACKTEST),
         else_=ibis.null("string"),
     )
