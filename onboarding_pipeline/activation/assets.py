@@ -45,7 +45,11 @@ from onboarding_pipeline.activation.model import (
     training_users,
 )
 from onboarding_pipeline.config import ProductConfig
-from onboarding_pipeline.config.data_checks import event_name_counts, require_config_events
+from onboarding_pipeline.config.data_checks import (
+    config_event_warnings,
+    event_name_counts,
+    require_config_events,
+)
 from onboarding_pipeline.resources import OutputDirResource, ProductConfigResource
 from onboarding_pipeline.warehouse import WarehouseResource
 from onboarding_pipeline.warehouse.metadata import preview, table_definition_metadata
@@ -172,9 +176,10 @@ def user_features(
     )
     first, last = span["first"].iloc[0], span["last"].iloc[0]
     data_days = (last - first).total_seconds() / 86400 if len(observed) else None
+    counts_by_name = dict(zip(observed.event_name, observed.events, strict=True))
     not_yet = require_config_events(
         config,
-        dict(zip(observed.event_name, observed.events, strict=True)),
+        counts_by_name,
         source=product_config.path,
         data_days=data_days,
     )
@@ -182,6 +187,13 @@ def user_features(
         f"{problem.message()} ({data_days:.1f} days of data, younger than the activation "
         "window: fine in a product's first days, a typo if it stays so)"
         for problem in not_yet
+    ]
+    # Funnel steps and terminal events nobody has logged (yet) are legal: said, not fatal.
+    config_warnings += [
+        problem.message()
+        for problem in config_event_warnings(
+            config, counts_by_name, ("funnel_steps", "terminal_events")
+        )
     ]
     for warning in config_warnings:
         context.log.warning(warning)

@@ -1,11 +1,12 @@
 """`onboarding.yaml` checked against the data: every event name the config mentions should
 occur in `raw_events`, or it is most likely a typo.
 
-- `aha_events` and `funnel_steps` that never occur are errors (`ConfigDataError`): activation,
-  the model and the funnel would all be computed on an event nobody logs. While the data is
+- `aha_events` that never occur are errors (`ConfigDataError`): activation and the model
+  would be computed on an event nobody logs. While the data is
   younger than the activation window they are only warnings (in a product's first days
   nobody may have reached the aha moment yet).
-- Milestone events (`paths`), `terminal_events`, `health.adoption_events`, `invite_events` and the stall events
+- Funnel steps (a step nobody has done yet shows at 0 in the funnel), milestone events
+  (`paths`), `terminal_events`, `health.adoption_events`, `invite_events` and the stall events
   (`interventions.stall`) that never occur are warnings: the pipeline runs, but a milestone
   can never be completed or a failure label never fires.
 - Defaults the user did not write (e.g. `invite_events.sent: [teammate_invited]`) that never
@@ -81,7 +82,8 @@ def configured_events(config: ProductConfig) -> Iterator[tuple[str, str, Severit
     for index, name in enumerate(config.aha_events):
         yield f"aha_events[{index}]", name, "error"
     for index, name in enumerate(config.funnel_steps):
-        yield f"funnel_steps[{index}]", name, "error"
+        # A step nobody has done yet is legal (a small export): the funnel shows it at 0.
+        yield f"funnel_steps[{index}]", name, "warning"
     for path_name, path in config.paths.items():
         for m_index, milestone in enumerate(path.milestones):
             for kind in ("events", "started_by"):
@@ -144,7 +146,7 @@ def unseen_config_events(
 def config_event_errors(
     config: ProductConfig, observed: Mapping[str, int] | Iterable[str]
 ) -> list[UnseenEvent]:
-    """Aha events and funnel steps that never occur."""
+    """Aha events that never occur."""
     return [p for p in unseen_config_events(config, observed) if p.severity == "error"]
 
 
@@ -171,10 +173,10 @@ def require_config_events(
     *,
     data_days: float | None = None,
 ) -> list[UnseenEvent]:
-    """Raise `ConfigDataError` when an aha event or funnel step never occurs in the data.
+    """Raise `ConfigDataError` when an aha event never occurs in the data.
 
     Young data (`data_days`, the days from the first to the latest event, shorter than the
-    activation window) may simply not hold the aha moment or a late step yet, as in a
+    activation window) may simply not hold the aha moment yet, as in a
     product's first days: there they are returned as warnings (still naming the closest
     observed names), and become errors once the data is as old as the window."""
     errors = config_event_errors(config, observed)
