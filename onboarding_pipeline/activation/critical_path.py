@@ -711,10 +711,13 @@ def judgement(row: Any, rules: CriticalPathRules) -> tuple[str, str]:
     significant = q < rules.alpha
     # Explained away by the rest of the behaviour (nothing left with the other steps held
     # fixed, the naive effect outside that interval), and it opens no later step that matters.
+    # "Explained away" must be shown, not merely not refuted: the adjusted interval must
+    # rule out any effect beyond the margin, else a wide interval (too few users, or a step
+    # adjusted for its own cause) would call a real cause vanity on absence of evidence.
     rides_along = (
         naive_positive
         and direct_null
-        and direct_high < naive
+        and direct_high < min(naive, margin)
         and not _flag(getattr(row, "enables_later_step", False))
     )
     if significant and total > 0 and low > margin:
@@ -735,8 +738,14 @@ def judgement(row: Any, rules: CriticalPathRules) -> tuple[str, str]:
         )
     if significant and total < 0 and high < -margin:
         return "blocker", ""
-    if naive_positive and high < naive and low <= 0:
+    if naive_positive and high < min(naive, margin) and low <= 0:
         return "vanity", ""
+    if naive_positive and high < naive and low <= 0:
+        return "inconclusive", (
+            "the association may be explained away by earlier behaviour, but the adjusted "
+            f"interval still allows an effect beyond the equivalence margin (odds ratio "
+            f"{rules.equivalence_odds_ratio:g}): vanity is not shown"
+        )
     if significant and total > 0 and rides_along:
         return "vanity", ""
     if -margin < low and high < margin:
