@@ -15,13 +15,13 @@ from onboarding_pipeline.simulation.world import WorldSpec, life, people
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Simulation:
-    spec = WorldSpec(users=120, days=7, signup_days=3, seed=3)
+    spec = WorldSpec(users=80, days=5, signup_days=2, seed=3)
     return simulate(spec, tmp_path_factory.mktemp("simulation"), echo=lambda line: None)
 
 
 def test_every_day_runs_the_daily_job_and_nudges_reach_the_stub(loop: Simulation) -> None:
     assert loop.failures == {}
-    assert loop.days_run == 7
+    assert loop.days_run == 5
     checks = loop.checks()
     assert checks["deliveries"] > 0
     assert checks["rejected_webhooks"] == 0  # every payload was signed
