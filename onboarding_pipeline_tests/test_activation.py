@@ -368,6 +368,23 @@ def test_model_version_changes_with_the_recalibration_data_and_the_settings() ->
     assert base != model_version(x, y, x, y, {"learning_rate": 0.1})
 
 
+def test_everyone_activating_at_once_refuses_without_telling_anyone_to_wait(
+    world: World,
+) -> None:
+    instant = world.features.assign(activated=True, label=1.0)
+    instant["activation_at"] = instant.signup_at
+    with pytest.raises(ModelRefused, match="everyone activated .* before it") as refused:
+        train_activation_model(
+            instant,
+            world.buckets(np.arange(len(instant)), 336),
+            CONFIG.model,
+            ages=[1.0, 72.0],
+            main_landmark=72.0,
+            age_bands=[0.0, 72.0],
+        )
+    assert "wait for" not in str(refused.value)
+
+
 def test_too_few_closed_windows_refuses_with_what_would_unlock_it(world: World) -> None:
     few = world.features.iloc[:150]
     with pytest.raises(

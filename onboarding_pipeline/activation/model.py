@@ -248,6 +248,13 @@ def train_activation_model(
     eligible[valid_positions] = True
     rows, row_ages = expand_rows(outcomes, ages, eligible=eligible)
     valid = landmark_frame(outcomes, buckets, rows, row_ages)
+    if len(train) == 0 or len(valid) == 0:
+        # Waiting would not help: more users of the same product activate just as early.
+        raise ModelRefused(
+            "no closed-window user was still waiting at any scoring age (from "
+            f"{min(ages):g} h): everyone activated (or left) before it, so there is no one "
+            "to learn from and no one a score would help"
+        )
     if train.label.nunique() < 2 or valid.label.nunique() < 2:
         raise ModelRefused(
             "training and validation cohorts need both activated and other users: "
