@@ -589,19 +589,34 @@ def test_rows_still_due_expire_when_the_user_left_or_activated_since(
     assert result.expired == 2 and len(box.envelopes) == 1
 
 
-def test_a_row_left_sending_for_days_expires_and_is_never_resent(
-    seeded: WarehouseResource, tmp_path: Path
+@pytest.mark.parametrize(
+    ("stale", "why"),
+    [
+        ("queued_on = DATE '{day}'", "could not be confirmed within 3 days or 3 attempts"),
+        ("attempts = 3", "could not be confirmed within 3 days or 3 attempts"),
+        ("user_id = user_id", "user left (account_deleted) since it was queued"),
+    ],
+)
+def test_a_row_left_sending_expires_unresent_when_old_tried_out_or_the_user_left(
+    seeded: WarehouseResource, tmp_path: Path, stale: str, why: str
 ) -> None:
-    run(seeded, tmp_path)
-    stale = (NOW - timedelta(days=5)).date().isoformat()
+    config = make_config()
+    config = config.model_copy(update={"terminal_events": ["account_deleted"]})
+    run(seeded, tmp_path, config)
+    day = (NOW - timedelta(days=5)).date().isoformat()
     seeded.connect().raw_sql(
         "UPDATE onboarding.intervention_deliveries SET status = 'sending', "
-        f"last_attempt_on = DATE '{stale}' WHERE user_id = 'u_human'"
+        f"{stale.format(day=day)} WHERE user_id = 'u_human'"
     )
+    if "left" in why:
+        seeded.connect().raw_sql(
+            "INSERT INTO onboarding.raw_events (event_id, user_id, event_name, timestamp) "
+            f"VALUES ('x9', 'u_human', 'account_deleted', TIMESTAMPTZ '{NOW.isoformat()}')"
+        )
     folder = tmp_path / "outbox" / "interventions"
     before = sorted(folder.rglob("*.*"))
-    result = run(seeded, tmp_path)
+    result = run(seeded, tmp_path, config)
     row = ledger(seeded)["u_human"]
     assert row["status"] == "expired"
-    assert row["note"] == "could not be confirmed within 3 days; not resent"
+    assert row["note"].startswith(why)
     assert result.expired == 1 and sorted(folder.rglob("*.*")) == before

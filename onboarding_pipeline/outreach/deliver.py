@@ -28,7 +28,6 @@ from onboarding_pipeline.outreach.ledger import (
     SENDING,
     SUPPRESSED,
     DeliveryLedger,
-    as_date,
     delivery_key,
     message_key,
 )
@@ -227,10 +226,16 @@ def deliver_interventions(
                 }
             )
         waiting = sorted(
-            {str(r["user_id"]) for r in ledger.rows.values() if r["status"] in (DUE, FAILED)}
+            {
+                str(r["user_id"])
+                for r in ledger.rows.values()
+                if r["status"] in (DUE, FAILED, SENDING)
+            }
         )
         gone = moved_on(warehouse, waiting, config)
-        open_rows = _expire(ledger, result, settings.max_delay_days, now, gone)
+        open_rows = _expire(
+            ledger, result, settings.max_delay_days, now, gone, settings.max_attempts
+        )
         ready = _ready(warehouse, ledger, open_rows, config, now, suppression_file, result)
         ledger.save()
 
@@ -285,12 +290,13 @@ def _expire(
     max_delay_days: float,
     now: datetime,
     gone: dict[str, str] | None = None,
+    max_attempts: int = 3,
 ) -> list[str]:
     """The open rows still worth delivering, best first. Too old, superseded by a newer queue
     entry of the same user, or for a user who has activated or left (`gone`) since: `expired`
     (a nudge days late may push a step already done). A `sending` row is settled by its
-    channel (checked or resent under the same key), unless it has stayed unsettled for
-    `max_delay_days`: then it expires, never resent (it may have left)."""
+    channel (checked or resent under the same key), unless it is older than `max_delay_days`
+    or has used `max_attempts`: then it expires, never resent again (it may have left)."""
     gone = gone or {}
     oldest = (now - timedelta(days=max_delay_days)).date()
     open_keys = [k for k, r in ledger.rows.items() if r["status"] in (DUE, SENDING, FAILED)]
@@ -302,16 +308,25 @@ def _expire(
     kept = []
     for key in open_keys:
         row = ledger.rows[key]
-        last_try = as_date(row.get("last_attempt_on"))
-        if row["status"] == SENDING and last_try is not None and last_try < oldest:
-            note = f"could not be confirmed within {max_delay_days:g} days; not resent"
+        # A `sending` row is resent (same key) until confirmed, but not past the delivery
+        # window counted from its queue day (a resend must not restart it) nor past the
+        # attempts allowed: a receiver that keeps timing out while showing the nudge would
+        # otherwise show it every day.
+        unconfirmed = row["status"] == SENDING and (
+            row["queued_on"] < oldest or int(row.get("attempts") or 0) >= max_attempts
+        )
+        if unconfirmed:
+            note = (
+                f"could not be confirmed within {max_delay_days:g} days or "
+                f"{max_attempts} attempts; not resent"
+            )
             ledger.update(key, status=EXPIRED, note=note)
             result.expired += 1
-        elif row["status"] == SENDING:
-            kept.append(key)  # may be out already: settled (checked or resent), never dropped
         elif str(row["user_id"]) in gone:
             ledger.update(key, status=EXPIRED, note=gone[str(row["user_id"])])
             result.expired += 1
+        elif row["status"] == SENDING:
+            kept.append(key)  # may be out already: settled (checked or resent), never dropped
         elif row["queued_on"] < oldest:
             ledger.update(key, status=EXPIRED, note=f"not delivered within {max_delay_days:g} days")
             result.expired += 1
