@@ -373,7 +373,7 @@ def test_everyone_activating_at_once_refuses_without_telling_anyone_to_wait(
 ) -> None:
     instant = world.features.assign(activated=True, label=1.0)
     instant["activation_at"] = instant.signup_at
-    with pytest.raises(ModelRefused, match="everyone activated .* before it") as refused:
+    with pytest.raises(ModelRefused, match=r"everyone activated .* before it") as refused:
         train_activation_model(
             instant,
             world.buckets(np.arange(len(instant)), 336),

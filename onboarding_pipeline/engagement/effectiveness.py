@@ -12,10 +12,11 @@ Three rules keep the read-out honest when it is read every week:
   the intervention type) fixed: the same estimand, a smaller variance when the covariate
   predicts the outcome. `variance_reduction` says how much it bought.
 - **Anytime-valid intervals.** Both intervals are confidence sequences for a coefficient of a
-  Gaussian linear model (Lindon, Ham, Tingley and Bojinov, "Anytime-valid linear models and
-  regression adjusted causal inference in randomized experiments", 2024): the chance that one
-  ever excludes the true effect, however often it is read, is at most alpha. They are wider
-  than a one-look interval; that is the price of peeking.
+  linear model (Lindon, Ham, Tingley and Bojinov, "Anytime-valid linear models and regression
+  adjusted causal inference in randomized experiments", 2024), with the coefficient's
+  variance from the HC2 sandwich, since the arms' variances differ whenever the nudge moves
+  the rate: the chance that one ever excludes the true effect, however often it is read, is
+  at most alpha. They are wider than a one-look interval; that is the price of peeking.
 
 Subgroup rows (intervention type, failure label) are estimated only with at least
 `min_subgroup_users` in each arm, and their p-values get a Benjamini-Hochberg q-value.
@@ -58,6 +59,8 @@ EFFECTIVENESS_COLUMNS = [
 # outcome's residual spread: 1 spreads the mixture over effects of any plausible size for an
 # activation rate. Smaller values tighten the sequence for small effects, widen it for large.
 PRIOR_SCALE = 1.0
+# Final users per arm before the overall row gets an estimate (subgroups: min_subgroup_users).
+MIN_OVERALL_USERS = 10
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,19 @@ def anytime_valid_effect(
     coefficients, *_ = np.linalg.lstsq(design, outcome, rcond=None)
     residuals = outcome - design @ coefficients
     sigma2 = float(residuals @ residuals) / dof
-    unscaled = np.linalg.pinv(design.T @ design)[1, 1]
-    std_error = math.sqrt(sigma2 * unscaled)
+    bread = np.linalg.pinv(design.T @ design)
+    # The arms' variances differ whenever the nudge moves the rate (0.3 vs 0.1 is not one
+    # spread): a pooled variance would understate the small arm's, so the treatment
+    # coefficient's variance is the HC2 sandwich (exact for a difference of two means), and
+    # the sequence below uses it in place of sigma2 x (X'X)^-1.
+    leverage = np.einsum("ij,jk,ik->i", design, bread, design)
+    weights = residuals**2 / np.clip(1 - leverage, 1e-12, None)
+    robust = bread @ (design.T * weights) @ design @ bread
+    variance = float(robust[1, 1])
+    if not variance > 0:
+        variance = sigma2 * float(bread[1, 1])
+    std_error = math.sqrt(variance)
+    unscaled = variance / sigma2 if sigma2 > 0 else float(bread[1, 1])
     difference = float(coefficients[1])
     # z2 is the treatment column's information (1 / its unscaled variance); r shrinks as it
     # grows, and the sequence's radius follows from the mixture Bayes factor reaching 1/alpha.
@@ -167,7 +181,9 @@ def compare_arms(
         for segment in sorted(keys.unique()):
             part = final[keys.loc[final.index] == segment]
             waiting = int((keys.loc[pending.index] == segment).sum())
-            minimum = 2 if column is None else min_subgroup_users
+            # The interval's normal approximation needs some users in each arm even overall:
+            # with a handful of holdout users its variance estimate is itself too noisy.
+            minimum = MIN_OVERALL_USERS if column is None else min_subgroup_users
             rows.append(
                 {
                     "segment_type": segment_type,
