@@ -307,10 +307,23 @@ def simulate(
         step_boost=step_boost,
         step_hazard=step_hazard,
     )
+    if out.exists() and any(out.iterdir()):
+        # A second loop would find the first one's warehouse and ledgers and measure both.
+        raise Mistake(f"{out} is not empty: a simulation needs a folder of its own")
     result = run_loop(spec, out, echo=click.echo)
     for line in result.lines():
         click.echo(line)
-    if result.failures:
+    checks = result.checks()
+    broken = [
+        name
+        for name in (
+            "holdout_users_messaged",
+            "messages_inside_cooldown",
+            "same_step_messaged_twice",
+        )
+        if checks.get(name)
+    ]
+    if result.failures or broken:
         sys.exit(1)
 
 

@@ -5,9 +5,12 @@ seeds of the same world with a stand-in queue."""
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from onboarding_pipeline.cli import main
 from onboarding_pipeline.simulation.calibration import run_world
 from onboarding_pipeline.simulation.loop import Simulation, simulate
 from onboarding_pipeline.simulation.world import WorldSpec, life, people
@@ -74,3 +77,10 @@ def test_a_planted_effect_is_recovered_and_cupac_narrows_the_interval() -> None:
     assert readout.true_step_effect is not None
     assert step.ci_low <= readout.true_step_effect <= step.ci_high
     assert step.evidence == "experiment"
+
+
+def test_the_command_refuses_a_folder_that_holds_something(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is not empty: a simulation needs a folder of its own" in result.output
