@@ -278,14 +278,16 @@ def test_rerun_sends_nothing_new_and_force_resends(smtp, warehouse, report, tmp_
     assert rows.query("channel == 'email'").attempts.tolist() == [2, 2]
 
 
+async def refuse_growth(server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+    """An aiosmtpd RCPT handler that refuses growth@ and accepts everyone else."""
+    if address.startswith("growth@"):
+        return "550 mailbox unavailable"
+    envelope.rcpt_tos.append(address)
+    return "250 OK"
+
+
 def test_refused_recipient_stays_retryable(smtp, warehouse, report, tmp_path) -> None:  # type: ignore[no-untyped-def]
     inbox, port = smtp
-
-    async def refuse_growth(server, session, envelope, address, options):  # type: ignore[no-untyped-def]
-        if address.startswith("growth@"):
-            return "550 mailbox unavailable"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
 
     inbox.handle_RCPT = refuse_growth  # type: ignore[attr-defined]
     result = deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
@@ -308,12 +310,6 @@ def test_a_failed_forced_resend_keeps_no_provider_id_of_the_earlier_send(  # typ
     deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port))
     sent = ledger(warehouse).set_index("recipient").loc["growth@example.com"]
     assert sent.status == "sent" and sent.provider_id
-
-    async def refuse_growth(server, session, envelope, address, options):  # type: ignore[no-untyped-def]
-        if address.startswith("growth@"):
-            return "550 mailbox unavailable"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
 
     inbox.handle_RCPT = refuse_growth  # type: ignore[attr-defined]
     forced = deliver(warehouse, report, tmp_path, email_resource=smtp_resource(port), force=True)

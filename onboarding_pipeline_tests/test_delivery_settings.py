@@ -180,6 +180,23 @@ def test_the_delivery_clock_is_the_wall_clock_unless_pinned(
         delivery_clock()
 
 
+def reporting_resources(
+    warehouse: WarehouseResource, config_path: Path, out: Path, port: int
+) -> dict[str, Any]:
+    """The reporting assets' resources: email to the local SMTP server on `port`, no Slack
+    or Notion credentials."""
+    return {
+        "warehouse": warehouse,
+        "product_config": ProductConfigResource(path=str(config_path)),
+        "outputs": OutputDirResource(path=str(out)),
+        "slack": SlackResource(),
+        "email": EmailResource(
+            host="127.0.0.1", port=port, security="none", sender="reports@example.com"
+        ),
+        "notion": NotionResource(),
+    }
+
+
 def test_a_fresh_warehouse_backfilled_to_an_old_week_sends_nothing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -197,16 +214,7 @@ def test_a_fresh_warehouse_backfilled_to_an_old_week_sends_nothing(
     config = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-06-01")
     warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
     with smtp_server(inbox) as port:
-        resources = {
-            "warehouse": warehouse,
-            "product_config": ProductConfigResource(path=str(config_path)),
-            "outputs": OutputDirResource(path=str(tmp_path / "out")),
-            "slack": SlackResource(),
-            "email": EmailResource(
-                host="127.0.0.1", port=port, security="none", sender="reports@example.com"
-            ),
-            "notion": NotionResource(),
-        }
+        resources = reporting_resources(warehouse, config_path, tmp_path / "out", port)
         assets = build_reporting_assets(weekly_partitions(config), [])
         result = materialize(assets, resources=resources, partition_key="2026-10-26")
     assert result.success
@@ -234,16 +242,7 @@ def test_a_backfilled_week_renders_saying_so_and_sends_nothing(
     config = ProductConfig(aha_events=["dashboard_shared"], partitions_start_date="2026-06-01")
     warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
     with smtp_server(inbox) as port:
-        resources = {
-            "warehouse": warehouse,
-            "product_config": ProductConfigResource(path=str(config_path)),
-            "outputs": OutputDirResource(path=str(tmp_path / "out")),
-            "slack": SlackResource(),
-            "email": EmailResource(
-                host="127.0.0.1", port=port, security="none", sender="reports@example.com"
-            ),
-            "notion": NotionResource(),
-        }
+        resources = reporting_resources(warehouse, config_path, tmp_path / "out", port)
         defs = Definitions(assets=build_reporting_assets(weekly_partitions(config), []))
         assets = list(defs.assets or [])
         old = materialize(assets, resources=resources, partition_key="2026-09-07")

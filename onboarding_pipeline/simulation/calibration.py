@@ -20,7 +20,9 @@ from onboarding_pipeline.engagement.step_effects import step_experiments
 from onboarding_pipeline.simulation.world import (
     START,
     WINDOW_DAYS,
+    Life,
     WorldSpec,
+    happened_by,
     life,
     people,
 )
@@ -80,8 +82,12 @@ def run_world(
         )
         if not holdout and follow_up_end <= end:
             treated_final += 1
-            lift += _by(real.activated_at, follow_up_end) - _by(quiet.activated_at, follow_up_end)
-            moved += _by(real.data_step_at, follow_up_end) - _by(quiet.data_step_at, follow_up_end)
+            lift += happened_by(real.activated_at, follow_up_end) - happened_by(
+                quiet.activated_at, follow_up_end
+            )
+            moved += happened_by(real.data_step_at, follow_up_end) - happened_by(
+                quiet.data_step_at, follow_up_end
+            )
     assignments = pd.DataFrame(rows)
     users = assignments[["user_id", "signup_at", "activation_at"]]
     outcomes = final_outcomes(
@@ -99,13 +105,9 @@ def run_world(
     )
 
 
-def _done_by(lived: object, moment: datetime) -> bool:
+def _done_by(lived: Life, moment: datetime) -> bool:
     """Activated, left or did the step before being stalled: never assigned."""
-    for at in (lived.activated_at, lived.left_at, lived.data_step_at):  # type: ignore[attr-defined]
+    for at in (lived.activated_at, lived.left_at, lived.data_step_at):
         if at is not None and at <= moment:
             return True
     return False
-
-
-def _by(moment: datetime | None, end: datetime) -> float:
-    return 1.0 if moment is not None and moment <= end else 0.0

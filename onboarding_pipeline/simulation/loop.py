@@ -45,6 +45,7 @@ from onboarding_pipeline.simulation.world import (
     Person,
     WorldSpec,
     events_frame,
+    happened_by,
     life,
     people,
     users_frame,
@@ -349,15 +350,11 @@ def planted_truth(
             continue  # not final yet, as in the effectiveness table
         real, without = life(person, spec, nudges[str(user)]), life(person, spec, {})
         users += 1
-        lift += _by(real.activated_at, end) - _by(without.activated_at, end)
-        moved += _by(real.data_step_at, end) - _by(without.data_step_at, end)
+        lift += happened_by(real.activated_at, end) - happened_by(without.activated_at, end)
+        moved += happened_by(real.data_step_at, end) - happened_by(without.data_step_at, end)
     if not users:
         return {}
     truth = {"lift": lift / users, "treated_final_users": users}
     if moved:
         truth["step_effect"] = lift / moved
     return truth
-
-
-def _by(moment: datetime | None, end: datetime) -> float:
-    return 1.0 if moment is not None and moment <= end else 0.0

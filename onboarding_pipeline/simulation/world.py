@@ -160,6 +160,11 @@ def life(
     return lived
 
 
+def happened_by(moment: datetime | None, end: datetime) -> float:
+    """1 if `moment` came at or before `end`, else 0 (never came: 0)."""
+    return 1.0 if moment is not None and moment <= end else 0.0
+
+
 def users_frame(persons: list[Person], through: date) -> pd.DataFrame:
     """The users file as of the end of day `through`: those who have signed up."""
     rows = [(p.user_id, p.signup_at) for p in persons if p.signup_at.date() <= through]
