@@ -61,23 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    group_for_workers(items)
-    skip_without_postgres(items)
-
-
-def group_for_workers(items: list[pytest.Item]) -> None:
-    """Keep expensive shared fixtures built once under pytest-xdist (`--dist loadgroup`): the
-    tests of the session-wide sample run share one worker, and each module stays on one worker
-    (its module-scoped fixtures are built once)."""
-    for item in items:
-        uses_sample_run = "sample_pipeline_run" in getattr(item, "fixturenames", ())
-        module = item.module.__name__ if item.module else item.nodeid
-        item.add_marker(pytest.mark.xdist_group("sample_run" if uses_sample_run else module))
-
-
-def skip_without_postgres(items: list[pytest.Item]) -> None:
     wanting = [item for item in items if needs_postgres(item)]
     if not wanting or postgres_unreachable() is None:
         return

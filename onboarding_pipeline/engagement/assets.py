@@ -695,8 +695,8 @@ def step_experiments(
 ) -> MaterializeResult:
     """For each milestone the nudges pushed toward, the causal effect of doing it on
     activation: the randomized holdout as an instrument (ITT on activation over ITT on the
-    step), at the effectiveness follow-up. A step whose interval lies above zero is
-    `experiment` evidence; the weekly report marks the critical-path driver with its event."""
+    step), at the effectiveness follow-up. A step whose anytime-valid confidence set lies above
+    zero is `experiment` evidence; the weekly report marks the critical-path driver with its event."""
     config = product_config.load()
     outcomes = assignment_outcomes(warehouse, config, engagement_now(warehouse, config))
     step_events: dict[str, list[str]] = {}
@@ -707,7 +707,12 @@ def step_experiments(
         outcomes = outcomes.assign(
             did_step=steps_done_in_follow_up(warehouse, outcomes, step_events)
         )
-    table = estimate_step_effects(outcomes, step_events, config.interventions.min_subgroup_users)
+    table = estimate_step_effects(
+        outcomes,
+        step_events,
+        config.interventions.min_subgroup_users,
+        alpha=config.interventions.alpha,
+    )
     warehouse.replace_all(STEP_EXPERIMENTS.name, table_to_arrow(table, STEP_EXPERIMENTS.schema))
     return MaterializeResult(
         metadata={
