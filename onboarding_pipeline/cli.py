@@ -7,12 +7,16 @@ A mistake in what the user gave (an option, a path, the config, an input file) e
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -295,8 +299,10 @@ def simulate(
     out: Path,
 ) -> None:
     """Closed loop: replay a world day by day through the daily job (deliveries go to a
-    local in-app stub and the world reacts), then set the read-outs against the planted truth."""
-    from onboarding_pipeline.simulation.loop import simulate as run_loop
+    local in-app stub and the world reacts), then set the read-outs against the planted truth.
+    SIGTERM or Ctrl-C stops it after the day in progress (a second one at once): what was
+    measured is printed and written to OUT/summary.txt marked INTERRUPTED, and the exit
+    status is 143 or 130."""
     from onboarding_pipeline.simulation.world import WorldSpec
 
     spec = WorldSpec(
@@ -310,9 +316,14 @@ def simulate(
     if out.exists() and any(out.iterdir()):
         # A second loop would find the first one's warehouse and ledgers and measure both.
         raise Mistake(f"{out} is not empty: a simulation needs a folder of its own")
-    result = run_loop(spec, out, echo=click.echo)
+    from onboarding_pipeline.simulation.loop import simulate as run_loop
+
+    with _stop_requests() as stop:
+        result = run_loop(spec, out, echo=click.echo, stop=stop)
     for line in result.lines():
         click.echo(line)
+    if result.interrupted is not None:
+        sys.exit(128 + signal.Signals[result.interrupted].value)
     checks = result.checks()
     broken = [
         name
@@ -325,6 +336,28 @@ def simulate(
     ]
     if result.failures or broken:
         sys.exit(1)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def _stop_requests() -> Iterator[Callable[[], str | None]]:
+    """While the body runs, SIGTERM and SIGINT only record a request to stop; yields a check
+    that says which came first (its name) or None. A second signal stops at once."""
+    received: list[str] = []
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+
+    previous = {number: signal.signal(number, record) for number in STOP_SIGNALS}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @main.command("generate-sample")

@@ -206,3 +206,36 @@ def test_a_sample_ratio_mismatch_is_flagged() -> None:
     assert sample_ratio_p_value(fair, 0.10) > 0.5
     skewed = pd.DataFrame({"holdout": np.arange(1000) % 5 == 0})
     assert sample_ratio_p_value(skewed, 0.10) < 1e-6
+
+
+def test_a_covariate_that_adds_no_rank_is_left_out_and_counted() -> None:
+    """A duplicated covariate is dropped (the model, its degrees of freedom and so its
+    interval are those of the covariate once)."""
+    frame = planted(0.05, seed=10, users=1000, predictive=True)
+    outcome = frame.activated.to_numpy()
+    treated = ~frame.holdout.to_numpy()
+    probability = frame.activation_probability.to_numpy()[:, None]
+    once = anytime_valid_effect(outcome, treated, probability, alpha=0.05)
+    twice = anytime_valid_effect(outcome, treated, np.hstack([probability, 2 * probability]), 0.05)
+    assert not isinstance(once, str) and not isinstance(twice, str)
+    assert twice.dropped == 1 and once.dropped == 0
+    assert twice.ci_low == pytest.approx(once.ci_low, rel=1e-9)
+    assert twice.ci_high == pytest.approx(once.ci_high, rel=1e-9)
+
+
+def test_covariates_that_determine_the_arm_leave_the_plain_difference_only() -> None:
+    """An intervention-type dummy identical to the arm: adjusting for it would remove the
+    treatment itself (a pseudo-inverse silently split it: +0.13 for a plain +0.10)."""
+    frame = planted(0.08, seed=11, users=2000)
+    frame["intervention_type"] = np.where(frame.holdout, "nudge", "urgent")
+    row = compare_arms(frame).set_index("segment").loc["all"]
+    assert 0 < row.ci_low < row.difference < row.ci_high  # the plain read-out stands
+    assert pd.isna(row.adjusted_difference) and pd.isna(row.adjusted_ci_low)
+    assert "linear combination of the covariates" in row.note
+
+
+def test_a_single_arm_is_a_reason_not_an_estimate() -> None:
+    outcome = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    assert anytime_valid_effect(outcome, np.ones(5, bool), None, alpha=0.05) == (
+        "every user is in one arm: there is no comparison"
+    )

@@ -4,6 +4,9 @@ seeds of the same world with a stand-in queue."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from click.testing import CliRunner
 
 from onboarding_pipeline.cli import main
 from onboarding_pipeline.simulation.calibration import run_world
-from onboarding_pipeline.simulation.loop import Simulation, simulate
+from onboarding_pipeline.simulation.loop import SUMMARY_FILE, Simulation, simulate
 from onboarding_pipeline.simulation.world import WorldSpec, life, people
 
 
@@ -84,3 +87,27 @@ def test_the_command_refuses_a_folder_that_holds_something(tmp_path: Path) -> No
     result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "is not empty: a simulation needs a folder of its own" in result.output
+
+
+def test_a_terminated_run_finishes_its_day_writes_what_it_measured_and_exits_143(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM once the first day is done: the loop stops after the day in progress (which
+    completes, not half-done), the summary says INTERRUPTED and the exit status is 128 + 15."""
+    command = [sys.executable, "-m", "onboarding_pipeline.cli", "simulate", "--users", "10"]
+    command += ["--days", "4", "--signup-days", "1", "--out", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith("day 1/4"):
+            process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=600) == 143, "".join(output)
+    summary = (tmp_path / SUMMARY_FILE).read_text(encoding="utf-8")
+    first, second = summary.splitlines()[:2]
+    assert first.startswith("INTERRUPTED by SIGTERM after ")
+    days_run = int(first.split(" after ")[1].split(" of ")[0])
+    assert 1 <= days_run < 4 and second.startswith(f"simulated {days_run} days")
+    assert "FAILED" not in summary  # the day the signal came in ran to its end
+    assert any(line.startswith("SIGTERM: stopping after day") for line in output)

@@ -10,7 +10,9 @@ Three rules keep the read-out honest when it is read every week:
 - **Regression adjustment (CUPAC).** Next to the plain difference, the treatment coefficient
   of a linear model that also holds the activation probability at assignment (and, overall,
   the intervention type) fixed: the same estimand, a smaller variance when the covariate
-  predicts the outcome. `variance_reduction` says how much it bought.
+  predicts the outcome. `variance_reduction` says how much it bought. A covariate that adds
+  no rank (a duplicate, a combination of others) is left out and `note` says so; covariates
+  that determine the arm leave the row with the plain difference only.
 - **Anytime-valid intervals.** Both intervals are confidence sequences for a coefficient of a
   linear model (Lindon, Ham, Tingley and Bojinov, "Anytime-valid linear models and regression
   adjusted causal inference in randomized experiments", 2024), with the coefficient's
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy.stats import binomtest
 from statsmodels.stats.multitest import multipletests
 
@@ -72,6 +75,7 @@ class Effect:
     ci_high: float
     p_value: float
     std_error: float
+    dropped: int = 0  # covariates left out: they added nothing the others did not hold
 
 
 def first_assignments(ledger: pd.DataFrame) -> pd.DataFrame:
@@ -108,17 +112,46 @@ def final_outcomes(
     return frame
 
 
+def confidence_sequence(
+    difference: ArrayLike, std_error: ArrayLike, unscaled: ArrayLike, dof: int, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Radius and p-value of the confidence sequence for one coefficient (element-wise).
+
+    `unscaled` is the coefficient's variance over the residual variance (1 / its
+    information); the p-value is the inverse of the normal-mixture Bayes factor, so the
+    sequence excludes a value exactly when the p-value of that value is below alpha."""
+    difference, std_error = np.asarray(difference, float), np.asarray(std_error, float)
+    # r shrinks as the information grows; the radius is where the Bayes factor reaches 1/alpha.
+    r = PRIOR_SCALE / (PRIOR_SCALE + 1 / np.asarray(unscaled, float))
+    c = (r * alpha**2) ** (1 / (dof + 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radius = np.where(c > r, std_error * np.sqrt(dof * (1 - c) / (c - r)), np.inf)
+        t2 = np.where(difference == 0, 0.0, (difference / std_error) ** 2)
+        # log((1 + t2/dof) / (1 + r t2/dof)), whose limit for an infinite t2 is -log(r).
+        ratio = np.where(np.isinf(t2), -np.log(r), np.log1p(t2 / dof) - np.log1p(r * t2 / dof))
+        log_bayes = 0.5 * np.log(r) + 0.5 * (dof + 1) * ratio
+    return radius, np.minimum(1.0, np.exp(-log_bayes))
+
+
 def anytime_valid_effect(
     outcome: np.ndarray, treated: np.ndarray, covariates: np.ndarray | None, alpha: float
 ) -> Effect | str:
     """The treatment coefficient of `outcome ~ 1 + treated + covariates` by least squares,
-    with its confidence sequence; or why it cannot be estimated."""
+    with its confidence sequence; or why it cannot be estimated. Covariates that add nothing
+    to the intercept and the covariates before them are left out (`Effect.dropped`)."""
     n = len(outcome)
-    columns = [np.ones(n), treated.astype(float)]
-    if covariates is not None and covariates.size:
-        centred = covariates - covariates.mean(axis=0)
-        columns += [centred[:, j] for j in range(centred.shape[1]) if centred[:, j].std() > 0]
-    design = np.column_stack(columns)
+    z = treated.astype(float)
+    if n and z.min() == z.max():
+        return "every user is in one arm: there is no comparison"
+    kept, dropped = _independent_covariates(covariates, n)
+    base = np.column_stack([np.ones(n), *kept])
+    if np.linalg.matrix_rank(np.column_stack([base, z])) == base.shape[1]:
+        # pinv would return some coefficient; none of them separates the arm from these.
+        return (
+            "the arm is a linear combination of the covariates (each arm has its own "
+            "values): the adjusted difference cannot be separated from them"
+        )
+    design = np.column_stack([np.ones(n), z, *kept])
     dof = n - design.shape[1]
     if dof < 2:
         return f"{n} users: too few for a model with {design.shape[1]} terms"
@@ -141,22 +174,36 @@ def anytime_valid_effect(
     std_error = math.sqrt(variance)
     unscaled = variance / sigma2 if sigma2 > 0 else float(bread[1, 1])
     difference = float(coefficients[1])
-    # z2 is the treatment column's information (1 / its unscaled variance); r shrinks as it
-    # grows, and the sequence's radius follows from the mixture Bayes factor reaching 1/alpha.
-    r = PRIOR_SCALE / (PRIOR_SCALE + 1 / unscaled)
-    c = (r * alpha**2) ** (1 / (dof + 1))
-    radius = std_error * math.sqrt(dof * (1 - c) / (c - r)) if c > r else math.inf
-    t2 = (difference / std_error) ** 2
-    log_bayes = 0.5 * math.log(r) + 0.5 * (dof + 1) * (
-        math.log1p(t2 / dof) - math.log1p(r * t2 / dof)
-    )
+    radius, p_value = confidence_sequence(difference, std_error, unscaled, dof, alpha)
     return Effect(
         difference=difference,
-        ci_low=difference - radius,
-        ci_high=difference + radius,
-        p_value=float(min(1.0, math.exp(-log_bayes))),
+        ci_low=difference - float(radius),
+        ci_high=difference + float(radius),
+        p_value=float(p_value),
         std_error=std_error,
+        dropped=dropped,
     )
+
+
+def _independent_covariates(covariates: np.ndarray | None, n: int) -> tuple[list[np.ndarray], int]:
+    """The centred covariate columns that add rank to the intercept and the columns kept before
+    them, and how many non-constant ones were left out (a duplicate or a combination of
+    others). Constant columns (no missing probability to flag) are dropped without a count."""
+    if covariates is None or not covariates.size:
+        return [], 0
+    centred = covariates - covariates.mean(axis=0)
+    kept: list[np.ndarray] = []
+    collinear = 0
+    for j in range(centred.shape[1]):
+        column = centred[:, j]
+        if column.std() == 0:
+            continue
+        candidate = np.column_stack([np.ones(n), *kept, column])
+        if np.linalg.matrix_rank(candidate) == candidate.shape[1]:
+            kept.append(column)
+        else:
+            collinear += 1
+    return kept, collinear
 
 
 def compare_arms(
@@ -233,14 +280,25 @@ def _arms(
         return result
     plain = anytime_valid_effect(activated, ~holdout, None, alpha)
     adjusted = anytime_valid_effect(activated, ~holdout, _covariates(part, adjust_for_type), alpha)
-    if isinstance(plain, str) or isinstance(adjusted, str):
-        result["note"] = plain if isinstance(plain, str) else adjusted
+    if isinstance(plain, str):
+        result["note"] = plain
         return result
     result.update(
         difference=plain.difference,
         ci_low=plain.ci_low,
         ci_high=plain.ci_high,
         p_value=plain.p_value,
+    )
+    if isinstance(adjusted, str):
+        # The plain difference stands; only the adjustment is impossible.
+        result["note"] = f"no adjusted difference: {adjusted}"
+        return result
+    if adjusted.dropped:
+        result["note"] = (
+            f"CUPAC left out {adjusted.dropped} covariate(s) that added nothing to the others "
+            "(a duplicate or a combination of them)"
+        )
+    result.update(
         adjusted_difference=adjusted.difference,
         adjusted_ci_low=adjusted.ci_low,
         adjusted_ci_high=adjusted.ci_high,

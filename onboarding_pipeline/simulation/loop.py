@@ -2,11 +2,17 @@
 `daily_refresh` job runs over them (ingestion down to the queue, the nudges and their
 delivery), in-app deliveries reach a local webhook receiver, and the world reacts to what it
 received on the following days. At the end the pipeline's read-outs are set against the
-planted truth of this very run (the world replays every assigned user without nudges)."""
+planted truth of this very run (the world replays every assigned user without nudges).
+
+`summary.txt` in the working folder says how far the run is: "in progress" while it runs (so
+a run killed outright is recognisable), then the summary lines. A run asked to stop (`stop`,
+e.g. on SIGTERM) ends after the day in progress, measures what it has and says
+"INTERRUPTED" at the top."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -61,6 +67,7 @@ DAILY_JOB = "daily_refresh"
 WEBHOOK_SECRET = "simulation-secret"
 FOLLOW_UP_DAYS = 14
 COOLDOWN_DAYS = 3
+SUMMARY_FILE = "summary.txt"
 # Credentials that would send for real: never read during a simulation.
 UNSET = ("DAGSTER_HOME", "SLACK_BOT_TOKEN", "SMTP_HOST", "ANTHROPIC_API_KEY")
 
@@ -126,6 +133,7 @@ class Simulation:
     ledger: pd.DataFrame = field(default_factory=pd.DataFrame)
     truth: dict[str, float] = field(default_factory=dict)
     rejected_webhooks: int = 0
+    interrupted: str | None = None  # why the run stopped early (e.g. "SIGTERM")
 
     def overall(self) -> dict[str, Any]:
         rows = self.effectiveness[self.effectiveness.segment_type == "overall"]
@@ -176,7 +184,13 @@ class Simulation:
 
     def lines(self) -> list[str]:
         mean = sum(self.seconds_per_day) / max(len(self.seconds_per_day), 1)
-        out = [
+        out: list[str] = []
+        if self.interrupted is not None:
+            out.append(
+                f"INTERRUPTED by {self.interrupted} after {self.days_run} of {self.spec.days} "
+                "days: the read-outs and the planted truth cover only the days run"
+            )
+        out += [
             f"simulated {self.days_run} days, {self.spec.users} users (seed {self.spec.seed}): "
             f"{mean:.1f} s per day through `{DAILY_JOB}`",
             f"deliveries received by the in-app stub: {len(self.deliveries)}",
@@ -229,8 +243,14 @@ def _environment(receiver: NudgeReceiver) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def simulate(spec: WorldSpec, root: Path, echo: Callable[[str], None] = print) -> Simulation:
-    """Run the closed loop for `spec.days` days under `root` (data, warehouse, run history)."""
+def simulate(
+    spec: WorldSpec,
+    root: Path,
+    echo: Callable[[str], None] = print,
+    stop: Callable[[], str | None] = lambda: None,
+) -> Simulation:
+    """Run the closed loop for `spec.days` days under `root` (data, warehouse, run history).
+    `stop` is asked after each day: a reason (e.g. "SIGTERM") ends the loop there."""
     data_dir, output = root / "data", root / "output"
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(
@@ -242,14 +262,21 @@ def simulate(spec: WorldSpec, root: Path, echo: Callable[[str], None] = print) -
     result = Simulation(spec)
     events_file = data_dir / "events.csv"
     events_file.unlink(missing_ok=True)
+    summary = root / SUMMARY_FILE
     with NudgeReceiver(WEBHOOK_SECRET) as receiver, _environment(receiver):
         instance, _ = local_instance(output)
         try:
             for offset in range(spec.days):
                 day = START.date() + timedelta(days=offset)
+                summary.write_text(
+                    f"in progress: day {offset + 1} of {spec.days} started at "
+                    f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC (no summary yet; a run that "
+                    "stopped here was killed)\n",
+                    encoding="utf-8",
+                )
                 started = time.monotonic()
                 _land_day(persons, spec, nudges, lives, day, data_dir, events_file)
-                failures = _run_daily_job(settings, instance)
+                failures = _off_the_main_thread(lambda: _run_daily_job(settings, instance))
                 result.failures.update({f"day {offset}: {k}": v for k, v in failures.items()})
                 for payload in receiver.take():
                     nudges[str(payload["user_id"])][day] = str(payload["next_action"])
@@ -262,13 +289,19 @@ def simulate(spec: WorldSpec, root: Path, echo: Callable[[str], None] = print) -
                     f"nudges delivered, {result.seconds_per_day[-1]:.1f} s"
                     + (f", {len(failures)} failed" if failures else "")
                 )
+                result.interrupted = stop()
+                if result.interrupted is not None and result.days_run < spec.days:
+                    echo(f"{result.interrupted}: stopping after day {result.days_run}")
+                    break
+                result.interrupted = None  # asked to stop after the last day: nothing lost
         finally:
             instance.dispose()
         result.rejected_webhooks = receiver.rejected
     _read_outs(result, settings)
     result.truth = planted_truth(
-        persons, spec, nudges, result.ledger, START + timedelta(days=spec.days)
+        persons, spec, nudges, result.ledger, START + timedelta(days=result.days_run)
     )
+    summary.write_text("\n".join(result.lines()) + "\n", encoding="utf-8")
     return result
 
 
@@ -296,6 +329,27 @@ def _land_day(
     as_of = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
     config = yaml.safe_dump(product_config(as_of), sort_keys=False)
     (data_dir / "onboarding.yaml").write_text(config, encoding="utf-8")
+
+
+def _off_the_main_thread(work: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """`work()` on a worker thread, the main thread waiting. On the main thread Dagster maps
+    SIGTERM and SIGINT onto its own handler for the whole run, and a signal it caught fails
+    the day half-done; on another thread it leaves them to the caller's handlers, so a stop
+    request waits for the end of the day. Daemonic: a second request may stop at once."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to the main thread below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="daily-job", daemon=True)
+    worker.start()
+    worker.join()  # signal handlers still run on the main thread while it waits
+    if "error" in outcome:
+        raise outcome["error"]
+    return dict(outcome["value"])
 
 
 def _run_daily_job(settings: Settings, instance: Any) -> dict[str, str]:
