@@ -69,3 +69,21 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
 
 def test_duplicate_event_names_rejected(tmp_path: Path) -> None:
     assert "unique" in error_for(tmp_path, "aha_events: [x, x]\n")
+
+
+def test_a_terminal_event_cannot_be_progress_or_a_stall_signal(tmp_path: Path) -> None:
+    base = "aha_events: [x]\nterminal_events: [account_deleted]\n"
+    message = error_for(tmp_path, base + "funnel_steps: [signup, account_deleted, x]\n")
+    assert "terminal_events and funnel_steps both name 'account_deleted'" in message
+    milestone = (
+        "paths:\n  standard:\n    milestones:\n"
+        "      - {name: setup, events: [project_created], started_by: [account_deleted]}\n"
+    )
+    message = error_for(tmp_path, base + milestone)
+    assert "terminal_events and paths milestone events both name 'account_deleted'" in message
+    stall = "interventions:\n  stall:\n    permission_events: [account_deleted]\n"
+    message = error_for(tmp_path, base + stall)
+    assert "interventions.stall.permission_events both name 'account_deleted'" in message
+    # Leaving may also unsubscribe from email: the two lists overlap by design.
+    both = base + "interventions:\n  delivery:\n    unsubscribe_events: [account_deleted]\n"
+    assert load_config(write(tmp_path, "onboarding.yaml", both)).terminal_events

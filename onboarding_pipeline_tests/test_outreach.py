@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from dagster import materialize
 from pytest_httpserver import HTTPServer
@@ -620,3 +621,21 @@ def test_a_row_left_sending_expires_unresent_when_old_tried_out_or_the_user_left
     assert row["status"] == "expired"
     assert row["note"].startswith(why)
     assert result.expired == 1 and sorted(folder.rglob("*.*")) == before
+
+
+def test_a_row_sent_after_waiting_for_the_daily_limit_loses_the_limit_note(
+    seeded: WarehouseResource, tmp_path: Path
+) -> None:
+    config = make_config(daily_limits={"email": 1}, quiet_hours=None)
+    run(seeded, tmp_path, config)
+    waiting = {u for u, r in ledger(seeded).items() if r["status"] == "due"}
+    assert len(waiting) == 2
+    seeded.connect().raw_sql("DELETE FROM onboarding.intervention_queue")
+    run(seeded, tmp_path, config, now=NOW + timedelta(days=1))
+    rows = ledger(seeded)
+    moved = {u for u in waiting if rows[u]["status"] == "outbox"}
+    assert len(moved) == 1
+    # The one that went out says nothing about a limit; the one still waiting still does.
+    assert all(pd.isna(rows[u]["note"]) for u in moved)
+    (still,) = waiting - moved
+    assert rows[still]["note"] == "daily limit of 1 email messages reached"

@@ -12,10 +12,13 @@ import pandas as pd
 import pytest
 
 from onboarding_pipeline.activation.features import early_events, user_outcomes
+from onboarding_pipeline.activation.funnel import build_funnel
+from onboarding_pipeline.activation.kpis import onboarding_kpis, retention_activity
 from onboarding_pipeline.activation.landmarks import expand_rows, landmark_population
 from onboarding_pipeline.activation.model import in_flight
 from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.config.data_checks import config_event_warnings
+from onboarding_pipeline.config.product import KpiTargets
 from onboarding_pipeline.engagement.activity import BACKTEST, ONBOARDING, people
 from onboarding_pipeline.engagement.timeline import user_timeline_rows
 from onboarding_pipeline.warehouse import WarehouseResource
@@ -149,3 +152,150 @@ def test_the_timeline_shows_leaving_and_an_aha_after_it_as_not_counted(
     kept = rows[rows.user_id == "kept"]
     assert kept.kind.tolist() == ["signup", "activated", "left"]
     assert kept.detail.iloc[1] == "aha moment (dashboard_shared)"
+
+
+def kpi_counts(
+    users: pd.DataFrame,
+    first_events: pd.DataFrame,
+    activity: pd.DataFrame | None = None,
+    **options: object,
+) -> dict[str, tuple[float, float]]:
+    """(numerator, denominator) of each ratio KPI over all signups, at NOW."""
+    table = onboarding_kpis(
+        users,
+        first_events,
+        activity if activity is not None else pd.DataFrame({"user_id": [], "day": []}),
+        window_days=14,
+        tiers_days=[7, 30],
+        retention_days=30,
+        onboarding_steps=["project_created"],
+        targets=KpiTargets(),
+        watermark=pd.Timestamp(NOW),
+        **options,  # type: ignore[arg-type]
+    )
+    overall = table[table.signup_week == "all"].set_index("kpi")
+    return {
+        kpi: (row.numerator, row.denominator)
+        for kpi, row in overall.iterrows()
+        if row.numerator == row.numerator
+    }
+
+
+def firsts(rows: list[tuple[str, str, datetime]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["user_id", "event_name", "first_at"]).astype(
+        {"first_at": "datetime64[us, UTC]"}
+    )
+
+
+def test_kpis_count_no_aha_after_leaving() -> None:
+    """`user_features` as the pipeline builds it: `left_then_aha` (left at hour 5, aha at
+    hour 30) is no activation in any tier, though its raw first aha is within 7 days."""
+    frame, _, _, _ = outcomes_frame()
+    counts = kpi_counts(frame.reset_index(), firsts([]))
+    # Eligible for 7 days and for the window: kept, left_then_aha, closed_quiet.
+    assert counts["activation_rate"] == (1, 3)
+    assert counts["activation_within_7d"] == (1, 3)  # kept only; the old code said 2
+
+
+def test_kpis_read_leaving_after_the_window_from_terminal_events() -> None:
+    """`terminated_at` stops at the window; a user who left on day 20 and did the aha event
+    on day 25 is no activation within 30 days either, when the terminal events are given."""
+    signup = NOW - timedelta(days=60)
+    users = pd.DataFrame(
+        {
+            "user_id": ["late_leaver"],
+            "signup_at": [signup],
+            "first_aha_at": [signup + timedelta(days=25)],
+            "activated": [False],
+            "terminated_at": [pd.NaT],
+        }
+    )
+    events = firsts([("late_leaver", "account_deleted", signup + timedelta(days=20))])
+    assert kpi_counts(users, events)["activation_within_30d"] == (1, 1)  # leaving unknown
+    with_leaving = kpi_counts(users, events, terminal_events=CONFIG.terminal_events)
+    assert with_leaving["activation_within_30d"] == (0, 1)  # still in the denominator
+
+
+def test_onboarding_steps_after_leaving_do_not_complete_onboarding() -> None:
+    signup = NOW - timedelta(days=30)
+    users = pd.DataFrame(
+        {
+            "user_id": ["done", "left_first"],
+            "signup_at": [signup, signup],
+            "first_aha_at": [pd.NaT, pd.NaT],
+            "activated": [False, False],
+            "terminated_at": [pd.NaT, signup + timedelta(hours=1)],
+        }
+    )
+    steps = firsts(
+        [
+            ("done", "project_created", signup + timedelta(hours=2)),
+            ("left_first", "project_created", signup + timedelta(hours=2)),
+        ]
+    )
+    assert kpi_counts(users, steps)["onboarding_completion_rate"] == (1, 2)
+
+
+def test_terminal_events_are_no_activity_for_retention() -> None:
+    """Retention week = calendar days 30..36 after signup."""
+    signup = datetime(2026, 9, 1, 12, tzinfo=UTC)
+    day = timedelta(days=1)
+    rows = [
+        ("deleted_only", "account_deleted", signup + 31 * day),  # its only event that week
+        ("active_then_left", "project_created", signup + 31 * day),
+        ("active_then_left", "account_deleted", signup + 32 * day),
+        ("left_then_active", "account_deleted", signup + 29 * day),
+        ("left_then_active", "project_created", signup + 31 * day),
+        ("stayed", "project_created", signup + 33 * day),
+    ]
+    ids = ["deleted_only", "active_then_left", "left_then_active", "stayed"]
+    con = ibis.duckdb.connect()
+    events = con.create_table(
+        "events",
+        pd.DataFrame(rows, columns=["user_id", "event_name", "timestamp"]).astype(
+            {"timestamp": "datetime64[us, UTC]"}
+        ),
+    )
+    people = pd.DataFrame({"user_id": ids, "signup_at": [signup] * 4}).astype(
+        {"signup_at": "datetime64[us, UTC]"}
+    )
+    users = con.create_table("users", people)
+    old_style = con.execute(retention_activity(events, users, 30))
+    assert set(old_style.user_id) == set(ids)  # without terminal events everyone is active
+    activity = con.execute(retention_activity(events, users, 30, CONFIG.terminal_events))
+    assert sorted(activity.user_id) == ["active_then_left", "stayed"]
+    outcomes = people.assign(first_aha_at=pd.NaT, activated=False)
+    counts = kpi_counts(outcomes, firsts([]), activity, terminal_events=CONFIG.terminal_events)
+    assert counts["retention_rate"] == (2, 4)
+
+
+def test_funnel_steps_after_leaving_are_not_reached() -> None:
+    signup = NOW - timedelta(days=30)
+    users = pd.DataFrame(
+        {
+            "user_id": ["stayed", "left_between", "left_late"],
+            "signup_at": [signup] * 3,
+            "activated": [False] * 3,
+            "terminated_at": pd.Series([pd.NaT] * 3, dtype="datetime64[us, UTC]"),
+        }
+    )
+    hour = timedelta(hours=1)
+    events = firsts(
+        [
+            *[(user, "project_created", signup + hour) for user in users.user_id],
+            *[(user, "data_connected", signup + 3 * hour) for user in users.user_id],
+            ("left_between", "account_deleted", signup + 2 * hour),
+            ("left_late", "account_deleted", signup + 4 * hour),
+        ]
+    )
+    steps = ["project_created", "data_connected"]
+
+    def reached(**options: object) -> list[int]:
+        table = build_funnel(users, events, steps, 14, pd.Timestamp(NOW), **options)  # type: ignore[arg-type]
+        return table[table.segment_type == "overall"].users_reached.tolist()
+
+    assert reached() == [3, 3]  # leaving unknown: the old count
+    assert reached(terminal_events=CONFIG.terminal_events) == [3, 2]
+    # `terminated_at` of user_features says the same without the terminal rows.
+    users.loc[users.user_id == "left_between", "terminated_at"] = signup + 2 * hour
+    assert reached() == [3, 2]

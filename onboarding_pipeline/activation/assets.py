@@ -630,7 +630,7 @@ def funnel(
         warehouse.table(RAW_USERS.name),
     )
     steps = list(config.funnel_steps)
-    firsts = first_occurrences(warehouse, [*steps, *config.aha_events])
+    firsts = first_occurrences(warehouse, [*steps, *config.aha_events, *config.terminal_events])
     table = build_funnel(
         features,
         firsts,
@@ -638,6 +638,7 @@ def funnel(
         config.activation_window_days,
         pd.Timestamp(now),
         config.aha_events,
+        terminal_events=config.terminal_events,
     )
     warehouse.replace_table("funnel", ibis.memtable(table_to_arrow(table)))
     overall = table[table.segment_type == "overall"]
@@ -681,9 +682,13 @@ def onboarding_kpis(
     events = warehouse.table(RAW_EVENTS.name)
     now = now_of(events, config, warehouse.connect(), warehouse.table(RAW_USERS.name))
     steps = [s for s in config.funnel_steps if s not in config.aha_events]
-    firsts = first_occurrences(warehouse, [*config.funnel_steps, *config.aha_events])
+    firsts = first_occurrences(
+        warehouse, [*config.funnel_steps, *config.aha_events, *config.terminal_events]
+    )
     activity = warehouse.execute(
-        retention_activity(events, warehouse.table(RAW_USERS.name), config.retention_days)
+        retention_activity(
+            events, warehouse.table(RAW_USERS.name), config.retention_days, config.terminal_events
+        )
     )
     table = onboarding_kpis_table(
         features,
@@ -695,6 +700,7 @@ def onboarding_kpis(
         onboarding_steps=steps,
         targets=config.kpi_targets,
         watermark=pd.Timestamp(now),
+        terminal_events=config.terminal_events,
     )
     # Nullable boolean: None where no target is set (a column of only None has no type).
     table = table.assign(meets_target=table.meets_target.astype("boolean"))

@@ -4,7 +4,9 @@ A user reaches step k when the first occurrences of steps 1..k are in order (eac
 the previous step's) and all fall within `window_days` of signup. Only first occurrences are
 used: a step first done out of order does not count even if it is repeated later in order.
 Events stamped a little before signup (anonymous activity merged at signup) are accepted, and
-their duration from signup is clipped at zero.
+their duration from signup is clipped at zero. A user who left (a terminal event: account
+deleted, unsubscribed) reaches no step done at or after leaving, as an aha event after leaving
+is no activation (`left_at`).
 
 Population: closed windows only (signup + window <= watermark). A user whose window is still
 open may yet reach any step; counting those who already did and not those who have not yet
@@ -32,6 +34,8 @@ Rates are NaN when their denominator is zero. Missing segment values are reporte
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -114,20 +118,46 @@ def step_times(users: pd.DataFrame, first_events: pd.DataFrame, steps: list[str]
     return first
 
 
+def left_at(
+    users: pd.DataFrame, first_events: pd.DataFrame, terminal_events: Sequence[str] = ()
+) -> pd.Series:
+    """When each user left (their first terminal event), NaT if they did not; aligned with
+    `users`. Read from the `first_events` rows of `terminal_events` and from a `terminated_at`
+    column when `users` has one (`user_features`: a terminal event in the window before any
+    activation), the earlier of the two."""
+    sources = []
+    if "terminated_at" in users.columns:
+        sources.append(as_utc(users["terminated_at"]))
+    if terminal_events:
+        sources.append(step_times(users, first_events, list(terminal_events)).min(axis=1))
+    if not sources:
+        return pd.Series(pd.NaT, index=users.index, dtype="datetime64[us, UTC]")
+    return pd.concat(sources, axis=1).min(axis=1)
+
+
+def before_leaving(at: pd.Series, left: pd.Series) -> pd.Series:
+    """Whether each time is strictly before the user left (always, for users who did not
+    leave): what a user does at or after leaving does not count, like an aha event."""
+    return left.isna() | (at < left)
+
+
 def step_reach(
     users: pd.DataFrame,
     first_events: pd.DataFrame,
     steps: list[str],
     window_days: int | None,
+    terminal_events: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Which ordered steps each user reached, and the hours from the previous step.
 
     Returns (`reached`, `hours`), both aligned with `users` with one column per step: `reached`
     is boolean and prefix-closed (reaching step k implies reaching 1..k-1); `hours` is the time
     from the previous step (signup for the first) for users who reached the step, else NaN.
-    `window_days=None` drops the window condition (order only).
+    `window_days=None` drops the window condition (order only). A step done at or after the
+    user left (`left_at`) is not reached.
     """
     times = step_times(users, first_events, steps)
+    left = left_at(users, first_events, terminal_events)
     signup = as_utc(users["signup_at"])
     deadline = signup + pd.Timedelta(days=window_days) if window_days is not None else None
     reached = pd.DataFrame(index=users.index)
@@ -136,7 +166,7 @@ def step_reach(
     previous_at = signup
     for index, step in enumerate(steps):  # a loop over steps, not users
         at = times[step]
-        ok = previous_ok & at.notna()
+        ok = previous_ok & at.notna() & before_leaving(at, left)
         if deadline is not None:
             ok &= at <= deadline
         if index > 0:
@@ -167,6 +197,7 @@ def build_funnel(
     window_days: int,
     watermark: pd.Timestamp,
     aha_events: list[str] | None = None,
+    terminal_events: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Ordered funnel of `steps` within the activation window, overall and per segment.
 
@@ -174,6 +205,8 @@ def build_funnel(
     `FUNNEL_COLUMNS`; `step_index` starts at 1. See the module docstring for the denominators.
     The window counts as closed when signup + `window_days` <= `watermark`; `users` needs an
     `activated` column (the aha within the window) when the last step is in `aha_events`.
+    Steps done after leaving do not count: leaving is read from `terminated_at` in `users`
+    and from the `first_events` rows of `terminal_events` (see `left_at`).
     """
     if not steps or users.empty:
         return _empty()
@@ -182,7 +215,7 @@ def build_funnel(
     users = users[closed].reset_index(drop=True)
     if users.empty:
         return _empty()
-    reached, hours = step_reach(users, first_events, steps, window_days)
+    reached, hours = step_reach(users, first_events, steps, window_days, terminal_events)
 
     # Per-user flags (users x steps), summed per segment below.
     reached_arr = reached.to_numpy(dtype=bool)

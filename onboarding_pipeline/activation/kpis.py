@@ -17,12 +17,19 @@ Every KPI counts only users who had the full chance to reach it by the watermark
 - `onboarding_completion_rate`: closed-window users who did every `onboarding_steps` event
   (any order) within the window / closed-window users. Omitted when no steps are configured.
 
+A user who left (a terminal event: account deleted, unsubscribed) stays in every denominator
+they are eligible for and counts in no numerator by what they did at or after leaving: an aha
+event or a step after it is no activation or completion (as in `user_features`), and terminal
+events and what follows them are no activity (`retention_activity`).
+
 Rows: one per (signup week, KPI), weeks ascending (Monday, ISO date), then an "all" row per
 KPI over every user. `meets_target` compares with `targets` (lower is better for
 `median_hours_to_value`, higher for rates) and is None when there is no target or no value.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import ibis.expr.types as ir
 import numpy as np
@@ -31,7 +38,9 @@ from statsmodels.stats.proportion import proportion_confint
 
 from onboarding_pipeline.activation.funnel import (
     as_utc,
+    before_leaving,
     epoch_days,
+    left_at,
     signup_week,
     step_times,
     utc_timestamp,
@@ -72,19 +81,28 @@ def onboarding_kpis(
     onboarding_steps: list[str],
     targets: KpiTargets,
     watermark: pd.Timestamp,
+    terminal_events: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Onboarding KPIs per signup week plus an "all" row; columns in `KPI_COLUMNS`.
 
-    See the module docstring for each KPI's numerator and eligible population.
+    See the module docstring for each KPI's numerator and eligible population. When each user
+    left is read from `terminated_at` in `users` and from the `first_events` rows of
+    `terminal_events` (`funnel.left_at`); `activity_days` should come from
+    `retention_activity` with the same `terminal_events`.
     """
     if users.empty:
         return _empty()
     users = users.reset_index(drop=True)
     now = utc_timestamp(watermark)
     signup = as_utc(users["signup_at"])
-    first_aha = as_utc(users["first_aha_at"])
+    left = left_at(users, first_events, terminal_events)
+    # An aha event at or after leaving is no activation: `activated` in user_features says so
+    # already, the raw `first_aha_at` (read by the tiers and time to value) does not.
+    raw_aha = as_utc(users["first_aha_at"])
+    aha_after_leaving = raw_aha >= left  # NaT on either side compares False
+    first_aha = raw_aha.mask(aha_after_leaving)
     closed = signup + pd.Timedelta(days=window_days) <= now
-    activated = users["activated"].fillna(False).astype(bool)
+    activated = users["activated"].fillna(False).astype(bool) & ~aha_after_leaving
 
     # Ratio KPIs as per-user (numerator, denominator) booleans, summed per week below.
     ratios: dict[str, tuple[pd.Series, pd.Series]] = {
@@ -98,12 +116,15 @@ def onboarding_kpis(
             eligible,
         )
     retention_eligible = signup + pd.Timedelta(days=retention_days + 7) <= now
-    retained = _retained(users, activity_days, retention_days)
+    retained = _retained(users, activity_days, retention_days, left)
     ratios["retention_rate"] = (retention_eligible & retained, retention_eligible)
     if onboarding_steps:
         times = step_times(users, first_events, onboarding_steps)
         deadline = signup + pd.Timedelta(days=window_days)
-        done = times.le(deadline, axis=0).all(axis=1)  # NaT compares False: not done
+        in_time = pd.DataFrame(
+            {step: (at <= deadline) & before_leaving(at, left) for step, at in times.items()}
+        )
+        done = in_time.all(axis=1)  # NaT compares False: not done
         ratios["onboarding_completion_rate"] = (closed & done, closed)
 
     hours_to_value = (
@@ -154,12 +175,20 @@ def onboarding_kpis(
     return _ordered(out, list(ratios))
 
 
-def retention_activity(events: ir.Table, users: ir.Table, retention_days: int) -> ir.Table:
+def retention_activity(
+    events: ir.Table,
+    users: ir.Table,
+    retention_days: int,
+    terminal_events: Sequence[str] = (),
+) -> ir.Table:
     """`user_id, day` (UTC calendar days with an event) as `_retained` reads them, only near
     each user's retention week: events more than `retention_days` - 1 and less than
     `retention_days` + 7 days after signup, which hold every calendar day of that week (a day
     offset d means a time difference strictly between d - 1 and d + 1 days). Every active
-    day of every user would be millions of rows to fetch and look up at 10M events."""
+    day of every user would be millions of rows to fetch and look up at 10M events.
+
+    Terminal events are no activity, and nor is anything at or after a user's first one (they
+    left for good): a day whose only event is `account_deleted` is not an active day."""
     people = users.select(_user_id=users.user_id, _signup_at=users.signup_at)
     joined = events.join(people, events.user_id == people._user_id)
     elapsed = milliseconds_between(joined.timestamp, joined._signup_at)
@@ -167,20 +196,30 @@ def retention_activity(events: ir.Table, users: ir.Table, retention_days: int) -
     near = joined.filter(
         (elapsed >= (retention_days - 1) * day) & (elapsed <= (retention_days + 7) * day)
     )
+    if terminal_events:
+        # Joined after the week's filter: the few events near it, not every event.
+        ends = events.filter(events.event_name.isin(list(terminal_events)))
+        first_end = ends.group_by(_end_user=ends.user_id).agg(_left_at=ends.timestamp.min())
+        marked = near.left_join(first_end, near.user_id == first_end._end_user)
+        near = marked.filter(marked._left_at.isnull() | (marked.timestamp < marked._left_at))
     return near.select("user_id", day=near.timestamp.truncate("D")).distinct()
 
 
-def _retained(users: pd.DataFrame, activity_days: pd.DataFrame, retention_days: int) -> pd.Series:
-    """Whether each user was active in the week starting `retention_days` after signup day."""
+def _retained(
+    users: pd.DataFrame, activity_days: pd.DataFrame, retention_days: int, left: pd.Series
+) -> pd.Series:
+    """Whether each user was active in the week starting `retention_days` after signup day,
+    on a day no later than the day they left (the day itself is the warehouse's to judge:
+    `retention_activity` keeps only what came before the terminal event)."""
     retained = np.zeros(len(users), dtype=bool)
     if not activity_days.empty:
         position = pd.Index(users["user_id"]).get_indexer(activity_days["user_id"])
         known = position >= 0
-        offset = (
-            epoch_days(activity_days["day"])[known]
-            - epoch_days(users["signup_at"])[position[known]]
-        )
+        day = epoch_days(activity_days["day"])[known]
+        offset = day - epoch_days(users["signup_at"])[position[known]]
+        left_day = epoch_days(left)[position[known]]  # NaN: never left
         in_week = (offset >= retention_days) & (offset < retention_days + 7)
+        in_week &= ~(day > left_day)  # NaN compares False: kept
         retained[position[known][in_week]] = True
     return pd.Series(retained, index=users.index)
 

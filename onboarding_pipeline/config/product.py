@@ -325,6 +325,36 @@ class ProductConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _terminal_events_are_no_progress(self) -> ProductConfig:
+        # Leaving would count as a funnel step, a milestone, adoption or a stall signal, yet a
+        # user who left is out of the population at once (and their later steps do not count).
+        lists: dict[str, set[str]] = {
+            "funnel_steps": set(self.funnel_steps),
+            "paths milestone events": {
+                event
+                for path in self.paths.values()
+                for milestone in path.milestones
+                for event in [*milestone.events, *milestone.started_by]
+            },
+            "health.adoption_events": set(self.health.adoption_events),
+            "interventions.stall.permission_events": set(
+                self.interventions.stall.permission_events
+            ),
+            "interventions.stall.tour_events": set(self.interventions.stall.tour_events),
+        }
+        clashes = [
+            f"terminal_events and {name} both name {', '.join(map(repr, both))}"
+            for name, events in lists.items()
+            if (both := sorted(set(self.terminal_events) & events))
+        ]
+        if clashes:
+            raise ValueError(
+                "; ".join(clashes) + ": an event that ends a user's onboarding cannot also be "
+                "progress, adoption or a stall signal"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _segments_name_paths(self) -> ProductConfig:
         for index, rule in enumerate(self.segments):
             if rule.path not in self.paths:

@@ -15,6 +15,15 @@ import ibis.expr.types as ir
 import pandas as pd
 
 from onboarding_pipeline.config.engagement import OnboardingPath
+from onboarding_pipeline.outreach.ledger import (
+    DUE,
+    EXPIRED,
+    FAILED,
+    OUTBOX,
+    SENDING,
+    SENT,
+    SUPPRESSED,
+)
 from onboarding_pipeline.warehouse import WarehouseResource
 from onboarding_pipeline.warehouse.tables import (
     INTERVENTION_DELIVERIES,
@@ -24,7 +33,18 @@ from onboarding_pipeline.warehouse.tables import (
 )
 
 TIMELINE_COLUMNS = ["user_id", "at", "kind", "detail", "source"]
-# The order of rows at the same instant: what happened before what was decided about it.
+# The kind of a delivery row follows its status: only a message that left (or went to the
+# outbox for a person to send) reads `delivered`.
+DELIVERY_KINDS = {
+    SENT: "delivered",
+    OUTBOX: "delivered",
+    SENDING: "delivery_unconfirmed",  # may have left; checked before any resend
+    FAILED: "delivery_failed",
+    SUPPRESSED: "suppressed",
+    EXPIRED: "expired",
+}
+# Every kind a timeline row can have, and the order of rows at the same instant: what
+# happened before what was decided about it.
 KIND_ORDER = {
     "signup": 0,
     "milestone": 1,
@@ -33,7 +53,7 @@ KIND_ORDER = {
     "stalled": 3,
     "queued": 4,
     "held_out": 4,
-    "delivered": 5,
+    **dict.fromkeys(DELIVERY_KINDS.values(), 5),
     "outcome": 6,
 }
 
@@ -154,36 +174,45 @@ def _ledger(warehouse: WarehouseResource, ids: ir.Table, experiment: str) -> pd.
 
 
 def _deliveries(warehouse: WarehouseResource, ids: ir.Table, experiment: str) -> pd.DataFrame:
-    """What reached the user (or their owner): each delivery that left or was held back, at
-    the time it was sent, else at its queue entry's time (the data's clock, like every other
-    row; the row's `updated_at` is the wall clock of whichever run touched it last)."""
+    """What reached the user (or their owner), or was held back, on the data's clock like
+    every other row (`sent_at`, `intent_at` and `updated_at` are the wall clock of the run,
+    an audit trail: in a backfill or a simulation they come after every event).
+
+    A delivery run's data-clock time is not stored; it is read back from its day: a row last
+    attempted on the day it was queued is at its queue entry's `queued_at` (the queue and the
+    delivery run on the same "now"); a row attempted on a later day is at that day's queue
+    run (the latest `queued_at` of the ledger on that day), or, with nobody queued that day,
+    at the start of the day (UTC): never before its own queue entry. Rows never attempted
+    (suppressed, expired) are at their queue entry's time."""
     deliveries = warehouse.table(INTERVENTION_DELIVERIES.name)
-    chosen = deliveries.filter((deliveries.experiment == experiment) & (deliveries.status != "due"))
+    chosen = deliveries.filter((deliveries.experiment == experiment) & (deliveries.status != DUE))
     chosen = chosen.semi_join(ids, chosen.user_id == ids._who)
     ledger = warehouse.table(INTERVENTION_LEDGER.name)
-    queued = ledger.select(
-        _user=ledger.user_id,
-        _day=ledger.queued_on,
-        _experiment=ledger.experiment,
-        queued_at=ledger.queued_at,
-    )
+    ledger = ledger.filter(ledger.experiment == experiment)
+    queued = ledger.select(_user=ledger.user_id, _day=ledger.queued_on, queued_at=ledger.queued_at)
     chosen = chosen.left_join(
-        queued,
-        (chosen.user_id == queued._user)
-        & (chosen.queued_on == queued._day)
-        & (chosen.experiment == queued._experiment),
+        queued, (chosen.user_id == queued._user) & (chosen.queued_on == queued._day)
     )
+    day_clock = ledger.group_by(_run_day=ledger.queued_on).agg(_day_clock=ledger.queued_at.max())
+    chosen = chosen.left_join(day_clock, chosen.last_attempt_on == day_clock._run_day)
     frame = warehouse.execute(chosen)
+    if frame.empty:
+        return pd.DataFrame(columns=TIMELINE_COLUMNS)
+    queued_at = pd.to_datetime(frame["queued_at"], utc=True)
+    attempt_day = pd.to_datetime(frame["last_attempt_on"]).dt.tz_localize("UTC")
+    run_at = pd.to_datetime(frame["_day_clock"], utc=True).fillna(attempt_day)
+    # NaT (never attempted) leaves the queue time; max() skips it.
+    at = pd.concat([queued_at, run_at], axis=1).max(axis=1)
     rows = [
         (
             entry.user_id,
-            entry.sent_at if entry.sent_at == entry.sent_at else entry.queued_at,
-            "delivered",
+            when,
+            DELIVERY_KINDS.get(entry.status, str(entry.status)),
             f"{entry.channel} {entry.status} (step {entry.escalation_step}): {entry.next_action}"
             + (f" ({entry.note})" if isinstance(entry.note, str) else ""),
             INTERVENTION_DELIVERIES.name,
         )
-        for entry in frame.itertuples(index=False)
+        for entry, when in zip(frame.itertuples(index=False), at, strict=True)
     ]
     return pd.DataFrame(rows, columns=TIMELINE_COLUMNS)
 

@@ -401,5 +401,7 @@ def _ready(
                 result.limited[channel] += 1
                 continue
             remaining[channel] -= 1
+        if row.get("note") is not None:
+            ledger.update(key, note=None)  # no longer waiting: an old reason would mislead
         ready[channel].append(key)
     return ready

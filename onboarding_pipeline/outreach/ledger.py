@@ -77,7 +77,12 @@ class DeliveryLedger:
         self._changed.add(str(row["delivery_key"]))
 
     def update(self, key: str, **values: Any) -> None:
+        """Change a row. A new status without a note of its own clears the note: it said why
+        the row waited (daily limit, quiet hours) or was held back, and no longer does.
+        `sent_at` is the wall clock of the send (an audit time; timelines use the data's)."""
         row = self.rows[key]
+        if "status" in values and values["status"] != row.get("status"):
+            values = {"note": None, **values}
         row.update(values)
         if values.get("status") == SENT:
             row["sent_at"] = datetime.now(UTC)
