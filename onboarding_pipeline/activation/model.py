@@ -53,6 +53,11 @@ MAX_TRAIN_USERS = 12_000
 MAX_VALIDATION_USERS = 10_000
 # Share of training users held out to stop boosting.
 EARLY_STOPPING_FRACTION = 0.15
+# A column needs this many training rows with a value: the booster bins on the rows it keeps
+# after holding out EARLY_STOPPING_FRACTION, and a column with no value left there fails the
+# fit (scikit-learn 1.9: "window shape cannot be larger than input array shape"). With 20
+# rows, all of them held out has a chance of 0.15^20.
+MIN_PRESENT_ROWS = 20
 
 
 class ModelRefused(ValueError):
@@ -168,8 +173,13 @@ def usable_columns(train: pd.DataFrame, candidates: list[str]) -> tuple[list[str
     keep, dropped = [], {}
     for column in candidates:
         values = train[column]
-        if values.isna().all():
+        present = int(values.notna().sum())
+        if not present:
             dropped[column] = "missing for every training user (e.g. a newly tracked event)"
+        elif present < MIN_PRESENT_ROWS:
+            dropped[column] = (
+                f"a value in only {present} training rows (at least {MIN_PRESENT_ROWS} needed)"
+            )
         elif values.nunique(dropna=True) < 2 and not values.isna().any():
             dropped[column] = "the same value for every training user"
         else:
