@@ -2,24 +2,39 @@
 
 For every landmark of the ladder, the population is the users whose activation window has
 closed and who had not activated by the landmark; behaviour is what they did before it and the
-outcome is activation later in the window. Every event of that population gets:
+outcome is activation later in the window. A population (or an event's users within it) with
+fewer than `min_users` users with and without the event is not judged: its rows are
+`inconclusive` with a note saying how many users there are and how many are needed. Every
+other event of that population gets:
 
 - naive rates with and without it, and a Haldane-corrected odds ratio (0.5 added to every
   cell, so a 0 % cell is shown, not hidden) with its interval and Fisher / chi-square p;
 - a **total effect**: Firth-penalized logistic regression adjusted only for what comes before
-  the event: segment attributes, engagement so far (sessions, active days) and the events that
-  users typically do before it (earlier median first occurrence);
-- a **direct effect**: the same, also holding every other event fixed;
+  the event: segment attributes, engagement so far *without the event's own activity* (the
+  other events' count, how many distinct other events, days and hours active with other
+  events: counting the event itself would make doing it look like engagement and push its
+  effect below 0) and the events that users typically do before it (earlier median first
+  occurrence);
+- a **direct effect**: the same, also holding every other event fixed (engagement is then the
+  activity outside the chosen events; the event columns are the rest of it);
 - Benjamini-Hochberg q-values over every row judged, all landmarks and segments together;
 - an E-value for drivers (how strong an unmeasured confounder would have to be, on the risk
   ratio scale, to explain the association away);
 - the best "at least n times within d days" rule by phi (a rule whose precision is the base
   rate has phi 0), only for events with a positive association.
 
+An event logged under two names is judged once, under the more widespread one: the same users
+(Jaccard >= `alias_jaccard`), or a lossy copy (nearly all its doers did the other, and nearly
+every hour it was logged the other was too). An event is newly tracked, and judged only on the
+users who signed up after it was first seen, when no doer among the users whose whole span
+came before that is implausible (Poisson P(0) < 0.001 at the later signups' rate).
+
 Classes, one definition used by the table, the report, Slack and the UI (m = the equivalence
 margin, log of `equivalence_odds_ratio`):
-`driver` (total > 0, q < alpha, interval above m), `prerequisite` (as a driver, but the direct
-effect is indistinguishable from 0: it matters through a later step, named in `works_through`),
+`driver` (total > 0, q < alpha, interval above m), `prerequisite` (as a driver, but it
+matters through a later step, named in `works_through`: with the direct effect
+indistinguishable from 0, a step before the landmark carries it; or a step read at the next
+landmark (or the window's end) that activators mostly did before activating does),
 `vanity` (a naive association that adjustment explains away: the total effect's interval
 excludes the naive effect and holds 0), `blocker` (total < 0, q < alpha, interval below -m),
 `no_effect` (the total effect's interval lies inside (-m, m)), `inconclusive` (anything else,
@@ -38,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from firthmodels import FirthLogisticRegression
+from scipy import sparse
 from scipy.stats import chi2_contingency, fisher_exact, norm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
@@ -53,15 +69,47 @@ from onboarding_pipeline.config.product import CriticalPathRules
 from onboarding_pipeline.warehouse.tables import CRITICAL_PATH, LANDMARK_POPULATIONS
 
 SEGMENT_TYPES = ("role", "plan", "company_size")
+# Engagement so far without the event judged (see `engagement_without`).
+ENGAGEMENT = (
+    "log_other_events",
+    "other_events_distinct",
+    "other_active_days",
+    "log_other_active_hours",
+)
 ADJUST_FOR = ("role", "plan", "company_size", "use_case", "tech_savvy")
 CLASSES = ("driver", "prerequisite", "vanity", "blocker", "no_effect", "inconclusive")
 COLUMNS = list(CRITICAL_PATH.schema.names)
 THRESHOLD_TIMES = (1, 2, 3, 5)
 # Segment populations get a smaller regression sample: many of them, each a side view.
 SEGMENT_REGRESSION_USERS = 5_000
+# Beyond this |log odds ratio| a p-value and interval come from the likelihood-ratio test,
+# not the Wald test (see `_fit`).
+LRT_MIN_EFFECT = 2.0
+# Firth fits converge when the largest gradient of the penalized log-likelihood is below this.
+# The library's 1e-4 is out of reach in a wide, ill-conditioned design (hundreds of events
+# beside engagement counts): step-halving can then no longer improve, and a fit already at
+# its optimum (a near-total blocker beside 300 events) was reported as not converged.
+FIT_GTOL = 1e-3
+# Newly tracked only if no doer before the first sighting is this improbable (Poisson P(0)).
+NEWLY_TRACKED_P = 0.001
+# A lossy copy of an event keeps at least this share of the original's doers (see
+# `find_aliases`): a rare event logged alongside a common one is not its copy.
+COPY_MIN_SHARE = 0.5
 # A prerequisite enables its later step: that step is at least this many times as common
 # among users who did the prerequisite as among those who did not.
 ENABLING_RATIO = 2.0
+
+
+@dataclass
+class LaterSteps:
+    """What the population had done by a later fixed age than its landmark."""
+
+    hours: float
+    did: np.ndarray  # users x events
+    timing: np.ndarray  # per event: median first hour of its doers (inf: nobody)
+    # Per event: activators who did it by `hours` mostly did it before activating (a step
+    # mostly done after activating is a consequence of activation, never a mediator).
+    before_activation: np.ndarray
 
 
 @dataclass
@@ -74,8 +122,16 @@ class Population:
     users: pd.DataFrame  # outcome rows (segments, signup_at, label)
     behaviour: pd.DataFrame  # Buckets.at(...) rows aligned with `users`
     positions: np.ndarray  # user positions in the Buckets
+    # Engagement leaving each event out (`engagement_without`), and log(1 + activity outside
+    # the chosen events) per user.
+    engagement: dict[str, np.ndarray]
+    outside: np.ndarray
     daily: DailyCounts | None = None  # counts by the end of each day (lazy)
-    # Engagement and segments (built once): values (users x covariates) and their names.
+    # The steps read at a later fixed age (`_later_steps`), overall populations only.
+    later: LaterSteps | None = None
+    # Per pair of events, the share of one's user-hours shared with the other (lazy).
+    together: np.ndarray | None = None
+    # Segment attributes (built once): values (users x covariates) and their names.
     covariates: tuple[np.ndarray, list[str]] | None = None
     # A segment: the population it is part of, and its users' rows there.
     part_of: tuple[Population, np.ndarray] | None = None
@@ -106,15 +162,23 @@ def critical_path(
     main_landmark: int,
     rules: CriticalPathRules,
     seed: int = 0,
+    *,
+    window_hours: int | None = None,
 ) -> pd.DataFrame:
     """Judge every event of `buckets.events` at every landmark (segments at the main one).
 
     `outcomes` is one row per user aligned with `buckets.user_ids` (signup_at, activation_at,
     label, window_closed, segments). `first_seen[event]` is when the event was first logged
-    by anyone: users who signed up before it are not judged on it (a newly tracked event).
+    by anyone: users who signed up before it are not judged only on later signups unless the
+    evidence says it was not logged before (`_observable`).
+
+    A step that may carry an event's effect is also read at a later fixed age: the next
+    landmark of the ladder, or for the last one `window_hours` (the end of the activation
+    window) when given; the buckets must reach that age.
     """
     outcomes = outcomes.reset_index(drop=True)
     frames = []
+    ladder = sorted(landmarks)
     for landmark in landmarks:
         mask = landmark_population(outcomes, landmark)
         positions = np.flatnonzero(mask)
@@ -122,7 +186,21 @@ def critical_path(
             continue
         behaviour = buckets.at(positions, np.full(len(positions), float(landmark)))
         users = outcomes.iloc[positions].reset_index(drop=True)
-        overall = Population(landmark, "overall", "all", users, behaviour, positions)
+        chosen = behaviour[[f"n_{e}" for e in buckets.events]].sum(axis=1).to_numpy()
+        outside = np.log1p(np.clip(behaviour.events_so_far.to_numpy() - chosen, 0, None))
+        overall = Population(
+            landmark,
+            "overall",
+            "all",
+            users,
+            behaviour,
+            positions,
+            engagement_without(buckets, positions, float(landmark)),
+            outside,
+        )
+        later_age = next((age for age in ladder if age > landmark), window_hours)
+        if later_age is not None and later_age > landmark:
+            overall.later = _later_steps(buckets, positions, users, float(later_age))
         frames.append(_judge(overall, buckets, first_seen, rules, rules.max_regression_users, seed))
         if landmark != main_landmark:
             continue
@@ -140,6 +218,8 @@ def critical_path(
                     members.reset_index(drop=True),
                     behaviour.iloc[index].reset_index(drop=True),
                     positions[index],
+                    {name: values[index] for name, values in overall.engagement.items()},
+                    outside[index],
                     part_of=(overall, index),
                 )
                 frames.append(
@@ -191,13 +271,24 @@ def _judge(
     activated = users.label.to_numpy() == 1
     events = buckets.events
     did = np.column_stack([behaviour[f"n_{e}"].to_numpy() > 0 for e in events])
-    observable = {e: _observable(users.signup_at, first_seen.get(e), population) for e in events}
-    aliases = find_aliases(did, events, rules.alias_jaccard)
-    timing = {
-        e: float(np.nanmedian(behaviour[f"first_hour_{e}"])) if did[:, i].any() else np.inf
+    observable = {
+        e: _observable(users.signup_at, first_seen.get(e), population, did[:, i])
         for i, e in enumerate(events)
     }
-    judged = [e for e in events if e not in aliases]
+    first_hours = np.column_stack([behaviour[f"first_hour_{e}"].to_numpy() for e in events])
+    # Which events are logged in the same hours is a property of the instrumentation, not of
+    # a segment: a segment reuses its population's.
+    whole = population.part_of[0] if population.part_of is not None else population
+    if whole.together is None:
+        whole.together = co_occurrence(buckets, whole.positions, whole.landmark_hours)
+    together = whole.together
+    aliases = find_aliases(did, events, rules.alias_jaccard, together)
+    timing = {
+        e: float(np.nanmedian(first_hours[:, i])) if did[:, i].any() else np.inf
+        for i, e in enumerate(events)
+    }
+    too_few = {e: _too_few(did[observable[e], i], rules) for i, e in enumerate(events)}
+    judged = [e for e in events if e not in aliases and not too_few[e]]
     sample = _sample(len(users), max_users, activated, seed)
     direct = _direct_effects(population, did, events, judged, observable, sample, activated)
 
@@ -220,7 +311,10 @@ def _judge(
                 f"{int(keep.sum())} users who signed up after"
             )
         row.update(naive_association(did[keep, position], activated[keep], rules))
-        if event in aliases:
+        if too_few[event]:
+            notes.append(too_few[event])
+            row["not_judged"] = True
+        elif event in aliases:
             row["aliased_with"] = aliases[event]
             notes.append(
                 f"done by the same users as {aliases[event]} (one action logged twice): "
@@ -247,8 +341,8 @@ def _judge(
             row.update(direct.get(event, {}))
             if direct.get(event, {}).get("direct_note"):
                 notes.append(f"direct effect: {direct[event]['direct_note']}")
-            row["works_through"], row["enables_later_step"] = (
-                (None, False)
+            row["works_through"], row["enables_later_step"], why = (
+                (None, False, "")
                 if population.segment_type != "overall"
                 else _mediator(
                     population,
@@ -262,8 +356,11 @@ def _judge(
                     total,
                     keep & sample,
                     activated,
+                    aliases,
                 )
             )
+            if why:
+                notes.append(why)
             e_value, e_value_ci = e_values(row, activated[keep].mean())
             row["e_value"], row["e_value_ci"] = e_value, e_value_ci
             row.update(_threshold(population, buckets, position, activated, keep, row, rules))
@@ -278,22 +375,68 @@ def _judge(
     return table
 
 
+def _later_steps(
+    buckets: Buckets, positions: np.ndarray, users: pd.DataFrame, hours: float
+) -> LaterSteps:
+    """Behaviour of the population by `hours`: a fixed age, the same for every user, so its
+    length does not depend on the outcome."""
+    behaviour = buckets.at(positions, np.full(len(positions), hours))
+    first = np.column_stack([behaviour[f"first_hour_{e}"].to_numpy() for e in buckets.events])
+    did = ~np.isnan(first)
+    activation = (users.activation_at - users.signup_at).dt.total_seconds().to_numpy() / 3600
+    activators = users.label.to_numpy() == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an event nobody did has no median
+        timing = np.nan_to_num(np.nanmedian(first, axis=0), nan=np.inf)
+    before = np.zeros(len(buckets.events), dtype=bool)
+    for i in range(len(buckets.events)):
+        done = activators & did[:, i]
+        # The step's whole hour bucket ended before the activation moment.
+        before[i] = done.any() and float(np.mean(first[done, i] + 1 <= activation[done])) > 0.5
+    return LaterSteps(hours, did, timing, before)
+
+
 def _observable(
-    signup: pd.Series, first_seen: pd.Timestamp | None, population: Population
+    signup: pd.Series,
+    first_seen: pd.Timestamp | None,
+    population: Population,
+    did: np.ndarray,
 ) -> np.ndarray:
     """Users for whom the event could have been logged over their whole landmark span.
 
-    An event counts as newly tracked only when the earliest users' whole span passed without
-    anyone logging it (first seen at least `landmark_hours` after the first signup): a rare
-    event is naturally first seen a little after the first signup, and that is not a late
-    start of tracking.
+    Newly tracked is decided by evidence, not by a late first sighting (a rare event is first
+    seen late by chance): the users whose whole span ended before `first_seen`, times the
+    share of later signups who did it, is how many doers were to be expected among them.
+    Only when seeing none of them is implausible (Poisson P(0) < `NEWLY_TRACKED_P`) was the
+    event not logged before, and it is judged on the users who signed up after.
     """
     everyone = np.ones(len(signup), dtype=bool)
     if first_seen is None or not len(signup):
         return everyone
-    if first_seen < signup.min() + pd.Timedelta(hours=population.landmark_hours):
+    after = (signup >= first_seen).to_numpy()
+    span = pd.Timedelta(hours=population.landmark_hours)
+    before = int(((signup + span) <= first_seen).sum())
+    if not after.any() or not before:
         return everyone
-    return (signup >= first_seen).to_numpy()
+    expected = before * float(did[after].mean())
+    return after if math.exp(-expected) < NEWLY_TRACKED_P else everyone
+
+
+def _too_few(did: np.ndarray, rules: CriticalPathRules) -> str:
+    """Why an event is not judged on these users (too few with or without it), or ""."""
+    need = rules.min_users
+    if len(did) < 2 * need:
+        return (
+            f"too few users: the population has {len(did)}, judging needs at least {2 * need} "
+            f"(`critical_path.min_users` = {need} with and {need} without the event)"
+        )
+    done = int(did.sum())
+    if min(done, len(did) - done) < need:
+        return (
+            f"too few users: {done} of {len(did)} did it, judging needs at least {need} with "
+            f"and {need} without it (`critical_path.min_users`)"
+        )
+    return ""
 
 
 def naive_association(
@@ -349,13 +492,23 @@ def _p_value(a: int, b: int, c: int, d: int) -> float:
     return float(chi2_contingency(observed, correction=False)[1])
 
 
-def find_aliases(did: np.ndarray, events: list[str], min_jaccard: float) -> dict[str, str]:
-    """event -> the event it duplicates (same users, Jaccard >= `min_jaccard`); the more
-    widespread name of each group is kept.
+def find_aliases(
+    did: np.ndarray,
+    events: list[str],
+    min_jaccard: float,
+    together: np.ndarray | None = None,
+) -> dict[str, str]:
+    """event -> the event it duplicates; the more widespread name of each group is kept.
 
-    A lossy copy (one name logged for only 90 % of the other's occurrences) is not caught: at
-    hour resolution it looks just like a funnel step that most users do in the same hour as
-    the step before it, and merging those would be wrong far more often."""
+    A duplicate is done by the same users (Jaccard >= `min_jaccard`), or, given `together`
+    (`co_occurrence`), is a lossy copy: nearly all its doers did the other (share >=
+    `min_jaccard`), it keeps at least `COPY_MIN_SHARE` of them, and nearly every time it was
+    logged (share >= `min_jaccard` of its user-hours) the other was logged in the same hour.
+    Timing is what tells a copy from a later step that only users of an earlier one do (a
+    prerequisite chain): that step comes in a later hour for some of its users at least, and
+    funnel steps done in one session still spill over hours (60-80 % of their user-hours
+    shared on the sample, 100 % for its copy). A step done in the very hour of another by
+    nearly every one of its doers cannot be told from a copy at hour resolution."""
     counts = did.sum(axis=0)
     as_float = did.astype(np.float32)  # a BLAS product (exact: counts stay far below 2**24)
     both = np.rint(as_float.T @ as_float).astype(np.int64)
@@ -366,13 +519,46 @@ def find_aliases(did: np.ndarray, events: list[str], min_jaccard: float) -> dict
     aliases: dict[str, str] = {}
     # An event everyone (or no one) did does not vary: it is no one's alias.
     varies = (counts > 0) & (counts < did.shape[0])
+
+    def copy_of(i: int, j: int) -> bool:
+        return (
+            together is not None
+            and both[i, j] >= min_jaccard * counts[j]
+            and counts[j] >= COPY_MIN_SHARE * counts[i]
+            and together[i, j] >= min_jaccard
+        )
+
     for rank, i in enumerate(order):
         if events[i] in aliases or not varies[i]:
             continue
         for j in order[rank + 1 :]:
-            if events[j] not in aliases and varies[j] and jaccard[i, j] >= min_jaccard:
+            if events[j] in aliases or not varies[j]:
+                continue
+            if jaccard[i, j] >= min_jaccard or copy_of(i, j):
                 aliases[events[j]] = events[i]
     return aliases
+
+
+def co_occurrence(buckets: Buckets, positions: np.ndarray, age_hours: float) -> np.ndarray:
+    """(events x events): the share of event j's user-hours before `age_hours` (users at
+    `positions`) in which event i was logged too."""
+    positions = np.asarray(positions, dtype=np.int64)
+    width = len(buckets.events)
+    row_of_user = np.full(len(buckets.user_ids), -1, dtype=np.int64)
+    row_of_user[positions] = np.arange(len(positions))
+    target = row_of_user[buckets.user]
+    keep = (target >= 0) & (buckets.event >= 0) & (buckets.n > 0)
+    keep[keep] = buckets.hour[keep] < age_hours
+    cell = target[keep] * (int(age_hours) + 1) + buckets.hour[keep]
+    cells, index = np.unique(cell, return_inverse=True)
+    # A cells x events incidence matrix; its Gram matrix counts the shared user-hours.
+    incidence = sparse.csr_matrix(
+        (np.ones(len(index)), (index, buckets.event[keep])), shape=(len(cells), width)
+    )
+    incidence.data[:] = 1.0  # a (user, event, hour) listed twice is still one user-hour
+    shared = (incidence.T @ incidence).toarray()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(np.diag(shared)[None, :] > 0, shared / np.diag(shared)[None, :], 0.0)
 
 
 def _sample(n: int, limit: int, activated: np.ndarray, seed: int) -> np.ndarray:
@@ -390,31 +576,50 @@ def _sample(n: int, limit: int, activated: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _design(
-    population: Population, rows: np.ndarray, did: np.ndarray, events: list[str], names: list[str]
+    population: Population,
+    rows: np.ndarray,
+    did: np.ndarray,
+    events: list[str],
+    names: list[str],
+    without: str | None = None,
+    extra: tuple[np.ndarray, list[str]] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """(values, column names) of a regression: engagement so far and segment attributes
-    (fixed before any single event) of `rows`, and a `did::<event>` column per name. Plain
-    arrays: a data frame copied per event and fit cost more than the fits at 200k users."""
+    """(values, column names) of a regression of `rows`: segment attributes, engagement so far
+    and a `did::<event>` column per name (then `extra`'s columns, values for every user of
+    the population). Plain arrays: a data frame copied per event and fit cost more than the
+    fits at 200k users.
+
+    Engagement leaves the event's own activity out, else doing the event would count as being
+    engaged and its effect would be pushed below 0: for a total effect (`without` the event)
+    the other events' count, how many distinct other events, the days and hours active with
+    other events; for the direct effect (every event in the model) the activity outside the
+    chosen events, the model's event columns being the rest of it.
+    """
     if population.covariates is None:
-        frame = _all_covariates(population)
+        frame = _segment_covariates(population)
         population.covariates = (frame.to_numpy(dtype=float), list(frame.columns))
     covariates, covariate_names = population.covariates
+    if without is not None:
+        at = events.index(without)
+        columns = [population.engagement[name][rows, at] for name in ENGAGEMENT]
+        column_names = list(ENGAGEMENT)
+    else:
+        columns = [population.outside[rows]]
+        column_names = ["log_activity_outside_events"]
     picked = np.array([events.index(name) for name in names], dtype=np.int64)
     flags = did[np.ix_(rows, picked)].astype(float)
-    values = np.column_stack([covariates[rows], flags])
-    return values, [*covariate_names, *(f"did::{name}" for name in names)]
+    parts = [covariates[rows], np.column_stack(columns), flags]
+    all_names = [*covariate_names, *column_names, *(f"did::{name}" for name in names)]
+    if extra is not None:
+        parts.append(extra[0][rows])
+        all_names.extend(extra[1])
+    return np.column_stack(parts), all_names
 
 
-def _all_covariates(population: Population) -> pd.DataFrame:
-    behaviour = population.behaviour
-    design = pd.DataFrame(
-        {
-            "log_sessions": np.log1p(behaviour.sessions_so_far.to_numpy(dtype=float)),
-            "active_days": behaviour.active_days_so_far.to_numpy(dtype=float),
-        },
-        index=behaviour.index,
-    )
+def _segment_covariates(population: Population) -> pd.DataFrame:
+    """Dummies of the segment attributes (all but the population's own segment type)."""
     users = population.users
+    design = pd.DataFrame(index=users.index)
     for segment in ADJUST_FOR:
         if segment != population.segment_type and segment in users.columns:
             dummies = pd.get_dummies(
@@ -422,6 +627,61 @@ def _all_covariates(population: Population) -> pd.DataFrame:
             )
             design = design.join(dummies)
     return design
+
+
+def engagement_without(
+    buckets: Buckets, positions: np.ndarray, age_hours: float
+) -> dict[str, np.ndarray]:
+    """Per user (at `positions`) and event (`buckets.events`): engagement before `age_hours`
+    leaving that event out, (users x events) per name of `ENGAGEMENT`.
+
+    One sort of the buckets for all events: an hour (day) is active without event e unless e
+    is the only event in it, so the counts are the active hours (days) minus those where e
+    was alone.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    rows, width = len(positions), len(buckets.events)
+    row_of_user = np.full(len(buckets.user_ids), -1, dtype=np.int64)
+    row_of_user[positions] = np.arange(rows)
+    target = row_of_user[buckets.user]
+    keep = (target >= 0) & (buckets.n > 0)
+    keep[keep] = buckets.hour[keep] < age_hours
+    target, event, hour, n = target[keep], buckets.event[keep], buckets.hour[keep], buckets.n[keep]
+    chosen = event >= 0
+    count = np.bincount(
+        target[chosen] * width + event[chosen], weights=n[chosen], minlength=rows * width
+    ).reshape(rows, width)
+    total = np.bincount(target, weights=n, minlength=rows)
+    did = count > 0
+    # Sorted by user and hour, the buckets are sorted by user and day too.
+    span = int(hour.max()) + 1 if len(hour) else 1
+    order = np.argsort(target * span + hour, kind="stable")
+    target, event, hour = target[order], event[order], hour[order]
+    return {
+        "log_other_events": np.log1p(np.clip(total[:, None] - count, 0, None)),
+        "other_events_distinct": (did.sum(axis=1)[:, None] - did).astype(float),
+        "other_active_days": _active_without(target, event, hour // 24, rows, width),
+        "log_other_active_hours": np.log1p(_active_without(target, event, hour, rows, width)),
+    }
+
+
+def _active_without(
+    target: np.ndarray, event: np.ndarray, unit: np.ndarray, rows: int, width: int
+) -> np.ndarray:
+    """(rows x events): units (hours or days) with activity other than each event, from
+    buckets sorted by (target, unit); an event outside the chosen ones has code -1."""
+    if not len(target):
+        return np.zeros((rows, width))
+    cell = target * (int(unit.max()) + 1) + unit
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    # One event alone in a unit: its lowest and highest code are the same chosen event.
+    low = np.minimum.reduceat(event, starts)
+    high = np.maximum.reduceat(event, starts)
+    owner = target[starts]
+    active = np.bincount(owner, minlength=rows).astype(float)
+    alone = (low == high) & (low >= 0)
+    lone = np.bincount(owner[alone] * width + low[alone], minlength=rows * width)
+    return active[:, None] - lone.reshape(rows, width)
 
 
 def _fit(
@@ -436,6 +696,7 @@ def _fit(
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore")
         varies = np.var(values, axis=0, ddof=1) > 0
+    varies &= _independent(values, varies, [all_columns.index(n) for n in names])
     columns = [name for name, kept in zip(all_columns, varies, strict=True) if kept]
     present = [n for n in names if n in columns]
     if len(set(y)) < 2:
@@ -446,7 +707,7 @@ def _fit(
         warnings.simplefilter("ignore")
         try:
             matrix = np.asfortranarray(values[:, varies])
-            fit = FirthLogisticRegression(max_iter=50).fit(matrix, y)
+            fit = FirthLogisticRegression(max_iter=50, gtol=FIT_GTOL).fit(matrix, y)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as error:
             return {n: {"note": f"the fit failed ({type(error).__name__}: {error})"} for n in names}
     out: dict[str, dict[str, Any]] = {}
@@ -459,12 +720,44 @@ def _fit(
         if not fit.converged_ or not np.isfinite(se):
             out[name] = {"note": f"the fit did not converge in {fit.n_iter_} iterations"}
             continue
+        p_value = float(fit.pvalues_[i])
+        if abs(effect) > LRT_MIN_EFFECT:
+            # A large effect (a step after which almost nobody activates) inflates the Wald
+            # standard error (Hauck-Donner): 0 of 100 activating against 40 % gets Wald
+            # p ~ 4e-4, which the false-discovery correction over hundreds of rows then
+            # drops. The penalized likelihood-ratio test is the honest one there; its
+            # back-corrected standard error gives the matching interval.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    fit.lrt(i)
+                    lrt_p, lrt_se = float(fit.lrt_pvalues_[i]), float(fit.lrt_bse_[i])
+                except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+                    lrt_p = lrt_se = np.nan
+            if np.isfinite(lrt_p) and np.isfinite(lrt_se) and lrt_se > 0:
+                p_value, se = lrt_p, lrt_se
         out[name] = {
             "effect": effect,
             "ci_low": effect - 1.959964 * se,
             "ci_high": effect + 1.959964 * se,
-            "p_value": float(fit.pvalues_[i]),
+            "p_value": p_value,
         }
+    return out
+
+
+def _independent(values: np.ndarray, keep: np.ndarray, first: list[int]) -> np.ndarray:
+    """`keep` without the columns that are linear combinations of the intercept and the
+    columns before them, the columns `first` taken first (so they are kept when they can be):
+    e.g. the number of distinct other events when every other event is a column of its own,
+    which would make the fit singular."""
+    order = [i for i in first if keep[i]]
+    order += [int(i) for i in np.flatnonzero(keep) if i not in order]
+    matrix = np.column_stack([np.ones(len(values)), values[:, order]])
+    r = np.abs(np.diag(np.linalg.qr(matrix, mode="r")))
+    norms = np.linalg.norm(matrix, axis=0)
+    out = keep.copy()
+    # A column (nearly) in the span of the earlier ones has a (nearly) zero diagonal in R.
+    out[np.array(order, dtype=np.int64)[r[1:] <= 1e-8 * np.maximum(norms[1:], 1.0)]] = False
     return out
 
 
@@ -476,9 +769,10 @@ def _fit_effect(
     adjust: list[str],
     rows: np.ndarray,
     activated: np.ndarray,
+    extra: tuple[np.ndarray, list[str]] | None = None,
 ) -> dict[str, Any]:
     index = np.flatnonzero(rows)
-    design = _design(population, index, did, events, [event, *adjust])
+    design = _design(population, index, did, events, [event, *adjust], event, extra)
     return _fit(design, activated[index].astype(int), [f"did::{event}"])[f"did::{event}"]
 
 
@@ -521,58 +815,120 @@ def _mediator(
     total: dict[str, Any],
     rows: np.ndarray,
     activated: np.ndarray,
-) -> tuple[str | None, bool]:
-    """The later step(s) that `event` matters through, if they explain its total effect, and
-    whether it enables any later step that matters (a candidate).
+    aliases: dict[str, str],
+) -> tuple[str | None, bool, str]:
+    """The later step(s) that `event` matters through, if they explain its total effect,
+    whether it enables any later step before the landmark that matters (a candidate), and a
+    note when the step was read after the landmark.
 
-    Only for a positive total effect whose direct effect is indistinguishable from 0. Later
-    steps (first done at the same hour or after it) with a positive direct effect that `event`
-    enables (`ENABLING_RATIO`) are candidates, the three most tied to it. Each is added to the
-    total-effect model on its own; it is the mediator when `event`'s effect is then no longer
-    significantly positive and at most half its size. When no single step does it, the
-    candidates together may (a step that opens several later ones): they are then named
-    together. A step that merely rides along with engaged users (vanity) loses its effect to
-    the other behaviour as a whole, not to the steps it enables.
+    Only for a positive total effect. Candidates are later steps (first done at the same hour
+    or after it) that `event` enables (`ENABLING_RATIO`), the three most tied to it:
+    - when the direct effect is indistinguishable from 0, steps before the landmark with a
+      positive direct effect;
+    - else, or when none of those carries it, the steps as done by the population's later
+      fixed age (`LaterSteps`; a step after the landmark cannot be held fixed in the direct
+      model), only those that activators who did them mostly did before activating.
+    Each is added to the total-effect model on its own; it is the mediator when `event`'s
+    effect is then no longer significantly positive and at most half its size. When no
+    single step does it, the candidates together may (a step that opens several later ones):
+    they are then named together. A step that merely rides along with engaged users (vanity)
+    loses its effect to the other behaviour as a whole, not to the steps it enables.
     """
     effect = total.get("effect", np.nan)
     low = total.get("ci_low", np.nan)
     details = direct.get(event, {})
     direct_low = details.get("direct_ci_low", np.nan)
     direct_high = details.get("direct_ci_high", np.nan)
-    if not (np.isfinite(effect) and low > 0 and np.isfinite(direct_low)):
-        return None, False
-    if not direct_low <= 0 <= direct_high:
-        return None, False
+    if not (np.isfinite(effect) and low > 0):
+        return None, False, ""
     i = events.index(event)
     doers = did[:, i]
     if doers.all() or not doers.any():
-        return None, False
-    candidates = []
-    for other in judged:
-        if other == event or timing[other] < timing[event]:
-            continue
-        if not direct.get(other, {}).get("direct_ci_low", -np.inf) > 0:
-            continue
-        j = events.index(other)
-        with_step, without_step = did[doers, j].mean(), did[~doers, j].mean()
-        # An enabling step: the later one is at least twice as common after it.
-        if with_step >= ENABLING_RATIO * without_step:
-            candidates.append((with_step - without_step, other))
-    chosen = [other for _, other in sorted(candidates, reverse=True)[:3]]
+        return None, False, ""
 
-    def remaining(steps: list[str]) -> float:
-        fitted = _fit_effect(population, did, events, event, [*earlier, *steps], rows, activated)
+    def remaining(
+        steps: list[str],
+        extra: tuple[np.ndarray, list[str]] | None = None,
+        *,
+        rows: np.ndarray = rows,
+        effect: float = effect,
+    ) -> float:
+        """|effect| left with `steps` (or `extra`) held fixed; inf unless it is no longer
+        significantly positive and at most half of `effect`."""
+        fitted = _fit_effect(
+            population, did, events, event, [*earlier, *steps], rows, activated, extra
+        )
         if "effect" not in fitted or fitted["ci_low"] > 0 or fitted["effect"] > effect / 2:
             return np.inf
         return abs(fitted["effect"])
 
-    single = {other: remaining([other]) for other in chosen}
-    best = min(single, key=lambda other: single[other], default=None)
-    if best is not None and np.isfinite(single[best]):
-        return best, True
-    if len(chosen) > 1 and np.isfinite(remaining(chosen)):
-        return ", ".join(chosen), True
-    return None, bool(chosen)
+    def carrier(
+        chosen: list[str], fit: Any
+    ) -> str | None:  # the step (or steps together) that carries the effect
+        single = {other: fit([other]) for other in chosen}
+        best = min(single, key=lambda other: single[other], default=None)
+        if best is not None and np.isfinite(single[best]):
+            return best
+        if len(chosen) > 1 and np.isfinite(fit(chosen)):
+            return ", ".join(chosen)
+        return None
+
+    chosen: list[str] = []
+    if np.isfinite(direct_low) and direct_low <= 0 <= direct_high:
+        candidates = []
+        for other in judged:
+            if other == event or timing[other] < timing[event]:
+                continue
+            if not direct.get(other, {}).get("direct_ci_low", -np.inf) > 0:
+                continue
+            j = events.index(other)
+            with_step, without_step = did[doers, j].mean(), did[~doers, j].mean()
+            # An enabling step: the later one is at least twice as common after it.
+            if with_step >= ENABLING_RATIO * without_step:
+                candidates.append((with_step - without_step, other))
+        chosen = [other for _, other in sorted(candidates, reverse=True)[:3]]
+        found = carrier(chosen, remaining)
+        if found is not None:
+            return found, True, ""
+    later = population.later
+    if later is None:
+        return None, bool(chosen), ""
+    # Users who first did `event` itself between the landmark and the later age are left out:
+    # their later steps could follow that late doing, and a later step would then carry the
+    # effect of the event done late, not this one's. The effect to explain is refitted on
+    # the users left.
+    kept = rows & ~(later.did[:, i] & ~doers)
+    base = _fit_effect(population, did, events, event, earlier, kept, activated)
+    if not ("effect" in base and base["ci_low"] > 0):
+        return None, bool(chosen), ""
+    candidates = []
+    for j, other in enumerate(events):
+        if other == event or other in aliases or not later.before_activation[j]:
+            continue
+        if later.timing[j] < timing[event]:
+            continue
+        step = later.did[kept, j]
+        if step.all() or not step.any():
+            continue
+        with_step, without_step = step[doers[kept]].mean(), step[~doers[kept]].mean()
+        if with_step >= ENABLING_RATIO * without_step:
+            candidates.append((with_step - without_step, other))
+    steps = [other for _, other in sorted(candidates, reverse=True)[:3]]
+
+    def remaining_later(names: list[str]) -> float:
+        columns = later.did[:, [events.index(name) for name in names]].astype(float)
+        extra = (columns, [f"later::{name}" for name in names])
+        return remaining([], extra, rows=kept, effect=base["effect"])
+
+    found = carrier(steps, remaining_later)
+    if found is None:
+        return None, bool(chosen), ""
+    return (
+        found,
+        True,
+        f"works through {found} as done by {later.hours:g} h (after the landmark; mostly "
+        f"before activating)",
+    )
 
 
 def e_values(row: dict[str, Any], base_rate: float) -> tuple[float, float]:
@@ -721,9 +1077,11 @@ def judgement(row: Any, rules: CriticalPathRules) -> tuple[str, str]:
         and not _flag(getattr(row, "enables_later_step", False))
     )
     if significant and total > 0 and low > margin:
+        # A later step carries it: held fixed at the landmark (direct effect 0) or, for a
+        # step after the landmark, read at a later fixed age (see `_mediator`).
+        if isinstance(row.works_through, str):
+            return "prerequisite", ""
         if direct_null:
-            if isinstance(row.works_through, str):
-                return "prerequisite", ""
             if rides_along:
                 return "vanity", ""
             return "inconclusive", (
