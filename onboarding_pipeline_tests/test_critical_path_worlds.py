@@ -12,6 +12,7 @@ from onboarding_pipeline.activation.critical_path import (
     critical_path,
     engagement_without,
     find_aliases,
+    judgement,
 )
 from onboarding_pipeline.activation.landmarks import Buckets
 from onboarding_pipeline.config.product import CriticalPathRules
@@ -312,3 +313,46 @@ def test_a_near_total_blocker_survives_the_correction_over_hundreds_of_rows() ->
     assert row.classification == "blocker", row[["total_p_value", "total_q_value", "note"]]
     assert row.total_ci_high < -1
     assert not table.drop(index="crash").classification.isin(["blocker", "driver"]).any()
+
+
+def test_a_later_step_every_doer_goes_on_to_do_is_not_a_duplicate() -> None:
+    """By a late landmark nearly every creator of a workspace has connected data (Jaccard
+    0.97), but always hours later: the same users, not the same action logged twice."""
+    did = np.zeros((1000, 2), dtype=bool)
+    did[:600, 0] = True
+    did[:582, 1] = True
+    events = ["workspace_created", "data_source_connected"]
+    never_together = np.eye(2)
+    assert find_aliases(did, events, 0.95, never_together) == {}
+    always_together = np.ones((2, 2))
+    assert find_aliases(did, events, 0.95, always_together) == {
+        "data_source_connected": "workspace_created"
+    }
+
+
+def test_vanity_needs_an_adjusted_interval_that_holds_zero() -> None:
+    """A positive naive association whose adjusted interval lies wholly below 0 is not
+    "explained away" (vanity's definition): it is judged as a negative association."""
+    rules = CriticalPathRules()
+    row = pd.DataFrame(
+        [
+            {
+                "not_judged": False,
+                "total_effect": -0.37,
+                "total_ci_low": -0.737,
+                "total_ci_high": -0.006,
+                "total_q_value": 0.2,
+                "odds_ratio": 2.0,
+                "q_value": 0.001,
+                "lift": 1.8,
+                "direct_ci_low": -0.8,
+                "direct_ci_high": -0.01,
+                "works_through": None,
+                "enables_later_step": False,
+            }
+        ]
+    )
+    (below_zero,) = row.itertuples()
+    assert judgement(below_zero, rules)[0] != "vanity"
+    (holding_zero,) = row.assign(total_ci_high=0.1, direct_ci_high=0.05).itertuples()
+    assert judgement(holding_zero, rules)[0] == "vanity"

@@ -500,7 +500,9 @@ def find_aliases(
 ) -> dict[str, str]:
     """event -> the event it duplicates; the more widespread name of each group is kept.
 
-    A duplicate is done by the same users (Jaccard >= `min_jaccard`), or, given `together`
+    A duplicate is done by the same users (Jaccard >= `min_jaccard`) and, given `together`,
+    logged in the same hours (a later step that nearly every user of an earlier one goes on to
+    do, by a late landmark, is done by the same users too, but hours later); or, given `together`
     (`co_occurrence`), is a lossy copy: nearly all its doers did the other (share >=
     `min_jaccard`), it keeps at least `COPY_MIN_SHARE` of them, and nearly every time it was
     logged (share >= `min_jaccard` of its user-hours) the other was logged in the same hour.
@@ -520,6 +522,9 @@ def find_aliases(
     # An event everyone (or no one) did does not vary: it is no one's alias.
     varies = (counts > 0) & (counts < did.shape[0])
 
+    def same_hours(i: int, j: int) -> bool:
+        return together is None or together[i, j] >= min_jaccard
+
     def copy_of(i: int, j: int) -> bool:
         return (
             together is not None
@@ -534,7 +539,7 @@ def find_aliases(
         for j in order[rank + 1 :]:
             if events[j] in aliases or not varies[j]:
                 continue
-            if jaccard[i, j] >= min_jaccard or copy_of(i, j):
+            if (jaccard[i, j] >= min_jaccard and same_hours(i, j)) or copy_of(i, j):
                 aliases[events[j]] = events[i]
     return aliases
 
@@ -1096,7 +1101,9 @@ def judgement(row: Any, rules: CriticalPathRules) -> tuple[str, str]:
         )
     if significant and total < 0 and high < -margin:
         return "blocker", ""
-    if naive_positive and high < min(naive, margin) and low <= 0:
+    # Vanity as defined: the adjusted interval holds 0 (one wholly below 0 is a negative
+    # association, judged below, not an association explained away).
+    if naive_positive and high < min(naive, margin) and low <= 0 <= high:
         return "vanity", ""
     if naive_positive and high < naive and low <= 0:
         return "inconclusive", (
