@@ -239,3 +239,32 @@ def test_a_single_arm_is_a_reason_not_an_estimate() -> None:
     assert anytime_valid_effect(outcome, np.ones(5, bool), None, alpha=0.05) == (
         "every user is in one arm: there is no comparison"
     )
+
+
+def test_a_rare_outcome_in_a_small_holdout_gets_no_interval_until_each_arm_has_both() -> None:
+    """Worlds without effect, 2 % activation, 5 % holdout, read ten times as users accrue:
+    with 0-2 holdout activators the sandwich variance of that arm is (nearly) 0, and the
+    interval excluded the true 0 at some read in a quarter of such worlds. No interval is
+    given until each arm has MIN_OUTCOMES_PER_ARM of each outcome."""
+    misses = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        users = 2000
+        world = pd.DataFrame(
+            {
+                "holdout": rng.random(users) < 0.05,
+                "final": True,
+                "activated": (rng.random(users) < 0.02).astype(float),
+                "activation_probability": rng.random(users),
+                "intervention_type": "nudge",
+                "failure_label": "other",
+            }
+        )
+        for size in np.linspace(200, users, 10).astype(int):
+            overall = compare_arms(world.iloc[:size]).iloc[0]
+            if pd.notna(overall.ci_low) and (overall.ci_low > 0 or overall.ci_high < 0):
+                misses += 1
+                break
+            if pd.isna(overall.ci_low) and overall.holdout_users >= 10:
+                assert "too few of each outcome" in overall.note
+    assert misses <= 2

@@ -129,7 +129,33 @@ def test_everyone_activating_gives_a_reason_not_a_zero_interval() -> None:
     world = confounded_world(0.3, seed=6, users=400).assign(activated=1.0)
     row = step_experiments(world, {"connect_data": ["x"]}).iloc[0]
     assert row.evidence == "not_estimated" and pd.isna(row.ci_low)
-    assert row.note == "every user activated: there is no spread to estimate an effect from"
+    assert row.note.startswith("every user had the same outcome")
+    reason = instrumental_effect(
+        world.activated.to_numpy(), world.did_step.to_numpy(), ~world.holdout.to_numpy()
+    )
+    assert reason == "every user activated: there is no spread to estimate an effect from"
+
+
+def test_a_holdout_without_activations_confirms_nothing() -> None:
+    """A small holdout of a rare outcome (0 of 53 activated) has no spread: its sandwich
+    variance is 0 and the set would ignore its uncertainty (the old table called this step
+    `experiment`, [0.08, 0.39], in a world where it does nothing)."""
+    rng = np.random.default_rng(3)
+    treated = np.r_[np.ones(1947, dtype=bool), np.zeros(53, dtype=bool)]
+    did = rng.random(2000) < np.where(treated, 0.5, 0.1)
+    activated = np.r_[rng.random(1947) < 52 / 1947, np.zeros(53, dtype=bool)]
+    world = pd.DataFrame(
+        {
+            "target_step": "connect_data",
+            "holdout": ~treated,
+            "final": True,
+            "activated": activated.astype(float),
+            "did_step": did,
+        }
+    )
+    row = step_experiments(world, {"connect_data": ["x"]}, min_users=30).iloc[0]
+    assert row.evidence == "not_estimated" and pd.isna(row.ci_low)
+    assert "holdout 0 activated, 53 not" in row.note
 
 
 def test_too_few_users_per_arm_says_so() -> None:

@@ -64,6 +64,12 @@ EFFECTIVENESS_COLUMNS = [
 PRIOR_SCALE = 1.0
 # Final users per arm before the overall row gets an estimate (subgroups: min_subgroup_users).
 MIN_OVERALL_USERS = 10
+# Activated and not activated final users each arm needs before an interval is given. An arm
+# whose outcomes are all alike (a small holdout of a rare outcome: 0 of 53 activated) has a
+# sandwich variance of 0, and the interval then ignores that arm's uncertainty: in worlds
+# without effect (2 % activation, 5 % holdout) it excluded the truth at some weekly read in
+# 25-49 % of them. Five of each is the usual floor for a normal approximation of a rate.
+MIN_OUTCOMES_PER_ARM = 5
 
 
 @dataclass(frozen=True)
@@ -278,6 +284,10 @@ def _arms(
             f"{minimum} (interventions.min_subgroup_users for subgroups)"
         )
         return result
+    too_alike = outcomes_too_alike(activated, holdout)
+    if too_alike:
+        result["note"] = too_alike
+        return result
     plain = anytime_valid_effect(activated, ~holdout, None, alpha)
     adjusted = anytime_valid_effect(activated, ~holdout, _covariates(part, adjust_for_type), alpha)
     if isinstance(plain, str):
@@ -306,6 +316,24 @@ def _arms(
         variance_reduction=1 - (adjusted.std_error / plain.std_error) ** 2,
     )
     return result
+
+
+def outcomes_too_alike(activated: np.ndarray, holdout: np.ndarray) -> str | None:
+    """Why the arms' outcomes cannot carry an interval yet (`MIN_OUTCOMES_PER_ARM`), or None."""
+    short = []
+    for name, arm in (("treated", ~holdout), ("holdout", holdout)):
+        yes = int(activated[arm].sum())
+        no = int(arm.sum()) - yes
+        if min(yes, no) < MIN_OUTCOMES_PER_ARM:
+            short.append(f"{name} {yes} activated, {no} not")
+    if not short:
+        return None
+    if np.ptp(activated) == 0:
+        return "every user had the same outcome: there is no spread to estimate an interval from"
+    return (
+        f"too few of each outcome for an interval ({'; '.join(short)}): each arm needs "
+        f"{MIN_OUTCOMES_PER_ARM} activated and {MIN_OUTCOMES_PER_ARM} not activated final users"
+    )
 
 
 def _covariates(part: pd.DataFrame, with_type: bool) -> np.ndarray:

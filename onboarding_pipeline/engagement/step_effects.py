@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from onboarding_pipeline.engagement.effectiveness import confidence_sequence
+from onboarding_pipeline.engagement.effectiveness import confidence_sequence, outcomes_too_alike
 
 STEP_EXPERIMENT_COLUMNS = [
     "step",
@@ -214,6 +214,11 @@ def step_experiments(
                 f"{row['treated_users']} treated and {row['holdout_users']} holdout users with a "
                 f"final outcome: each arm needs {min_users} (interventions.min_subgroup_users)"
             )
+            rows.append(row)
+            continue
+        too_alike = outcomes_too_alike(part.activated.to_numpy(dtype=float), holdout)
+        if too_alike:
+            row["note"] = too_alike
             rows.append(row)
             continue
         estimate = instrumental_effect(part.activated.to_numpy(), did, ~holdout, alpha)
