@@ -111,3 +111,18 @@ def test_a_terminated_run_finishes_its_day_writes_what_it_measured_and_exits_143
     assert 1 <= days_run < 4 and second.startswith(f"simulated {days_run} days")
     assert "FAILED" not in summary  # the day the signal came in ran to its end
     assert any(line.startswith("SIGTERM: stopping after day") for line in output)
+
+
+def test_the_summary_says_why_a_figure_is_missing_instead_of_printing_nan() -> None:
+    from onboarding_pipeline.simulation.loop import _interval, _planted
+
+    assert _planted(float("nan")) == "not yet known (no treated user's follow-up is over)"
+    assert _planted(0.25) == "+0.250"
+    weak = {"step_effect": None, "ci_low": -0.2, "ci_high": 0.9, "note": "weak"}
+    assert (
+        _interval(weak, "step_effect", "ci_low", "ci_high") == "no point estimate [-0.200, +0.900]"
+    )
+    none = {"step_effect": None, "ci_low": float("nan"), "note": "too few of each outcome"}
+    assert _interval(none, "step_effect", "ci_low", "ci_high") == (
+        "not estimated (too few of each outcome)"
+    )

@@ -18,6 +18,7 @@ from onboarding_pipeline.activation.landmarks import expand_rows, landmark_popul
 from onboarding_pipeline.activation.model import in_flight
 from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.config.data_checks import config_event_warnings
+from onboarding_pipeline.config.engagement import Milestone, OnboardingPath
 from onboarding_pipeline.config.product import KpiTargets
 from onboarding_pipeline.engagement.activity import BACKTEST, ONBOARDING, people
 from onboarding_pipeline.engagement.timeline import user_timeline_rows
@@ -152,6 +153,53 @@ def test_the_timeline_shows_leaving_and_an_aha_after_it_as_not_counted(
     kept = rows[rows.user_id == "kept"]
     assert kept.kind.tolist() == ["signup", "activated", "left"]
     assert kept.detail.iloc[1] == "aha moment (dashboard_shared)"
+
+
+def test_the_timeline_reads_leaving_first_at_the_same_instant_and_marks_later_steps(
+    warehouse: WarehouseResource,
+) -> None:
+    """An aha logged at the very second of leaving does not count (as in `user_features`), so
+    the timeline reads `left` first; a milestone after leaving says it does not count."""
+    at = OLD + timedelta(hours=5)
+    events = pd.DataFrame(
+        {
+            "user_id": ["same_second", "same_second", "steps_after", "steps_after"],
+            "event_name": ["account_deleted", "dashboard_shared"] * 1
+            + ["account_deleted", "project_created"],
+            "timestamp": [at, at, at, at + timedelta(hours=2)],
+        }
+    ).astype({"timestamp": "datetime64[us, UTC]"})
+    users = pd.DataFrame({"user_id": ["same_second", "steps_after"], "signup_at": [OLD, OLD]})
+    warehouse.replace_table(
+        RAW_USERS.name, ibis.memtable(users.astype({"signup_at": "datetime64[us, UTC]"}))
+    )
+    warehouse.replace_table(RAW_EVENTS.name, ibis.memtable(events))
+    who = ibis.memtable({"user_id": ["same_second", "steps_after"]})
+    rows = user_timeline_rows(
+        warehouse,
+        who,
+        {
+            "default": OnboardingPath(
+                milestones=[
+                    Milestone(
+                        name="project",
+                        label="Project created",
+                        events=["project_created"],
+                        due_day=1,
+                    )
+                ]
+            )
+        },
+        CONFIG.aha_events,
+        "default",
+        terminal_events=CONFIG.terminal_events,
+    )
+    same = rows[rows.user_id == "same_second"]
+    assert same.kind.tolist() == ["signup", "left", "activated"]
+    assert same.detail.iloc[-1].endswith("after leaving: not counted")
+    after = rows[rows.user_id == "steps_after"]
+    assert after.kind.tolist() == ["signup", "left", "milestone"]
+    assert after.detail.iloc[-1] == "Project created (project_created), after leaving: not counted"
 
 
 def kpi_counts(

@@ -48,13 +48,15 @@ DELIVERY_KINDS = {
 KIND_ORDER = {
     "signup": 0,
     "milestone": 1,
-    "activated": 2,
+    # Leaving at the very instant of the aha moment wins (that activation does not count), so
+    # it is read first.
     "left": 2,
-    "stalled": 3,
-    "queued": 4,
-    "held_out": 4,
-    **dict.fromkeys(DELIVERY_KINDS.values(), 5),
-    "outcome": 6,
+    "activated": 3,
+    "stalled": 4,
+    "queued": 5,
+    "held_out": 5,
+    **dict.fromkeys(DELIVERY_KINDS.values(), 6),
+    "outcome": 7,
 }
 
 
@@ -123,11 +125,13 @@ def _milestones(
     left = first[first.event_name.isin(terminal_events)].groupby("user_id").first_at.min()
     rows = []
     for user, event, at in zip(first.user_id, first.event_name, first.first_at, strict=True):
+        gone = user in left.index and left[user] <= at
+        after = ", after leaving: not counted" if gone else ""
         if event in milestones:
-            rows.append((user, at, "milestone", f"{milestones[event]} ({event})", RAW_EVENTS.name))
+            detail = f"{milestones[event]} ({event}){after}"
+            rows.append((user, at, "milestone", detail, RAW_EVENTS.name))
         if event in aha_events:
-            gone = user in left.index and left[user] <= at
-            detail = f"aha moment ({event})" + (", after leaving: not counted" if gone else "")
+            detail = f"aha moment ({event}){after}"
             rows.append((user, at, "activated", detail, RAW_EVENTS.name))
         if event in terminal_events:
             rows.append((user, at, "left", f"left onboarding ({event})", RAW_EVENTS.name))

@@ -199,14 +199,14 @@ class Simulation:
         if overall:
             out.append(
                 "activation lift (treated - holdout, final follow-ups): planted "
-                f"{self.truth.get('lift', float('nan')):+.3f}; plain "
+                f"{_planted(self.truth.get('lift'))}; plain "
                 f"{_interval(overall, 'difference', 'ci_low', 'ci_high')}; CUPAC "
                 f"{_interval(overall, 'adjusted_difference', 'adjusted_ci_low', 'adjusted_ci_high')}"
             )
         if step:
             out.append(
                 "effect of connecting data on activation (IV): planted "
-                f"{self.truth.get('step_effect', float('nan')):+.3f}; recovered "
+                f"{_planted(self.truth.get('step_effect'))}; recovered "
                 f"{_interval(step, 'step_effect', 'ci_low', 'ci_high')} ({step.get('evidence')})"
             )
         out.append("checks: " + ", ".join(f"{k} {v}" for k, v in self.checks().items()))
@@ -220,10 +220,23 @@ def _holds(row: dict[str, Any], low: str, high: str, value: float) -> bool | Non
     return bool(row[low] <= value <= row[high])
 
 
+def _planted(value: float | None) -> str:
+    """The planted truth, or why there is none yet (no treated user's follow-up is over)."""
+    if value is None or value != value:
+        return "not yet known (no treated user's follow-up is over)"
+    return f"{value:+.3f}"
+
+
+def _known(row: dict[str, Any], name: str) -> bool:
+    return row.get(name) is not None and row.get(name) == row.get(name)
+
+
 def _interval(row: dict[str, Any], value: str, low: str, high: str) -> str:
-    if row.get(value) is None or row.get(value) != row.get(value):
-        return "not estimated"
-    return f"{row[value]:+.3f} [{row[low]:+.3f}, {row[high]:+.3f}]"
+    if not _known(row, low):
+        return "not estimated" + (f" ({row['note']})" if _known(row, "note") else "")
+    # A weak nudge gives the step's interval without a point estimate.
+    point = f"{row[value]:+.3f} " if _known(row, value) else "no point estimate "
+    return f"{point}[{row[low]:+.3f}, {row[high]:+.3f}]"
 
 
 @contextmanager
