@@ -13,6 +13,7 @@ from onboarding_pipeline.activation.critical_path import (
     engagement_without,
     find_aliases,
     judgement,
+    screen_unjudged,
 )
 from onboarding_pipeline.activation.landmarks import Buckets
 from onboarding_pipeline.config.product import CriticalPathRules
@@ -356,3 +357,57 @@ def test_vanity_needs_an_adjusted_interval_that_holds_zero() -> None:
     assert judgement(below_zero, rules)[0] != "vanity"
     (holding_zero,) = row.assign(total_ci_high=0.1, direct_ci_high=0.05).itertuples()
     assert judgement(holding_zero, rules)[0] == "vanity"
+
+
+def test_a_rare_blocker_beyond_max_events_is_screened_into_the_table() -> None:
+    """`max_events` keeps the most widespread events for the model and the regressions; a
+    blocker done by 5 % of users is left out. The screen still gives it a row (naive rates,
+    `inconclusive`, a note to raise max_events) inside the false-discovery family."""
+    rng = np.random.default_rng(12)
+    n = 2000
+    world = World(n, rng)
+    world.counts("common", rng.poisson(2, n))
+    blocker = rng.random(n) < 0.05
+    activated = (rng.random(n) < 0.4) & ~blocker
+    outcomes = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(n)],
+            "signup_at": START,
+            "activation_at": (START + pd.Timedelta(hours=200)),
+            "label": activated.astype(float),
+            "window_closed": True,
+        }
+    )
+    outcomes["activation_at"] = outcomes.activation_at.where(activated)
+    first_hours = pd.DataFrame(
+        {
+            "position": np.flatnonzero(blocker),
+            "event_name": "sso_login_failed",
+            "first_hour": rng.integers(0, 70, int(blocker.sum())),
+        }
+    )
+    screened = screen_unjudged(outcomes, first_hours, [72], RULES)
+    (row,) = screened.itertuples()
+    assert row.event_name == "sso_login_failed" and row.users_with_event == blocker.sum()
+    assert row.activation_rate_with == 0 and row.note.startswith("beyond critical_path")
+    ids = outcomes.user_id
+    buckets = Buckets.from_frames(
+        ids,
+        ["common"],
+        pd.DataFrame(
+            {
+                "user_id": ids[np.concatenate(world.user)].to_numpy(),
+                "event_name": "common",
+                "hour": np.concatenate(world.hours),
+                "n": 1,
+            }
+        ),
+        pd.DataFrame({"user_id": ids, "hour": 0, "n": 1}),
+    )
+    table = critical_path(outcomes, buckets, {}, [72], 72, RULES, screened=screened)
+    judged = table.set_index("event_name")
+    assert judged.loc["sso_login_failed", "classification"] == "inconclusive"
+    assert judged.loc["sso_login_failed", "q_value"] < RULES.alpha
+    # Too few users in a population: no row at all (the screen does not list noise).
+    few = first_hours.iloc[: RULES.min_users - 1]
+    assert screen_unjudged(outcomes, few, [72], RULES).empty

@@ -481,3 +481,44 @@ def test_no_model_at_all_says_what_would_unlock_it(tmp_path: Path) -> None:
     assert f"{NOT_ENOUGH_DATA}: no activation model has been accepted yet: {reason}." in (
         render_markdown(data)
     )
+
+
+def test_strong_events_beyond_max_events_are_listed_apart_in_both_formats() -> None:
+    import pandas as pd
+
+    from onboarding_pipeline.activation.critical_path import BEYOND_MAX_EVENTS
+    from onboarding_pipeline.reporting.report import _critical_path
+
+    base = {
+        "segment_type": "overall",
+        "classification": "inconclusive",
+        "users_with_event": 150,
+        "activation_rate_with": 0.0,
+        "activation_rate_without": 0.36,
+        "lift": 0.0,
+        "adjusted_effect": None,
+        "adjusted_q_value": None,
+        "works_through": None,
+    }
+    paths = pd.DataFrame(
+        [
+            {**base, "event_name": "sso_login_failed", "q_value": 1e-9, "note": BEYOND_MAX_EVENTS},
+            {**base, "event_name": "faint", "q_value": 0.4, "note": BEYOND_MAX_EVENTS},
+            {**base, "event_name": "judged", "q_value": 1e-9, "note": ""},
+        ]
+    )
+    shown = _critical_path(paths, top=5, confirmed=set())
+    assert shown is not None
+    assert [e["event_name"] for e in shown["not_judged"]] == ["sso_login_failed"]
+    data = ReportData(
+        title="t",
+        week="2026-10-26",
+        week_end="2026-11-01",
+        watermark=None,
+        generated_at="now",
+        language="en",
+        critical_path=shown,
+        critical_path_landmark_hours=72,
+    )
+    assert "Not judged (beyond" in render_html(data, {})
+    assert "sso_login_failed" in render_markdown(data)

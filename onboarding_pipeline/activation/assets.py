@@ -20,7 +20,7 @@ from dagster import (
 )
 
 from onboarding_pipeline.activation.critical_path import critical_path as judge_events
-from onboarding_pipeline.activation.critical_path import landmark_summary
+from onboarding_pipeline.activation.critical_path import landmark_summary, screen_unjudged
 from onboarding_pipeline.activation.features import (
     SEGMENT_COLUMNS,
     build_features,
@@ -32,7 +32,12 @@ from onboarding_pipeline.activation.friction import friction_clusters as cluster
 from onboarding_pipeline.activation.funnel import build_funnel
 from onboarding_pipeline.activation.kpis import onboarding_kpis as onboarding_kpis_table
 from onboarding_pipeline.activation.kpis import retention_activity
-from onboarding_pipeline.activation.landmarks import Buckets, load_buckets, scoring_ages
+from onboarding_pipeline.activation.landmarks import (
+    Buckets,
+    hour_buckets,
+    load_buckets,
+    scoring_ages,
+)
 from onboarding_pipeline.activation.model import (
     ActivationModel,
     ModelRefused,
@@ -102,6 +107,41 @@ def feature_events(features: pd.DataFrame | ir.Table) -> list[str]:
 def png_markdown(png: bytes, title: str) -> MetadataValue:
     encoded = base64.b64encode(png).decode()
     return MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
+
+
+def first_hours_of(
+    warehouse: WarehouseResource,
+    features: pd.DataFrame,
+    positions: np.ndarray,
+    names: list[str],
+    config: ProductConfig,
+    max_hours: int,
+) -> pd.DataFrame:
+    """`position, event_name, first_hour` of `names` (hours from signup, below `max_hours`)
+    for the users at `positions` of `features`: what the screen of events beyond
+    `max_events` needs, one row per user and event."""
+    if not names or not len(positions):
+        return pd.DataFrame({"position": [], "event_name": [], "first_hour": []})
+    picked = features.iloc[positions]
+    people = ibis.memtable(
+        pa.table(
+            {
+                "user_id": pa.array(picked.user_id.astype(str).tolist(), pa.string()),
+                "signup_at": pa.array(picked.signup_at, pa.timestamp("us", tz="UTC")),
+                "position": pa.array(np.asarray(positions, dtype=np.int64), pa.int64()),
+            }
+        )
+    )
+    events = warehouse.table(RAW_EVENTS.name)
+    event_hours, _ = hour_buckets(
+        events.filter(events.event_name.isin(names)),
+        warehouse.table(SESSIONS.name),
+        people,
+        config,
+        max_hours,
+    )
+    first = event_hours.group_by("position", "event_name").agg(first_hour=event_hours.hour.min())
+    return warehouse.execute(first)
 
 
 def user_buckets(
@@ -502,7 +542,15 @@ def critical_path(
     features = load_features(warehouse, OUTCOME_COLUMNS).reset_index(drop=True)
     names = feature_events(warehouse.table(USER_FEATURES))
     landmarks = config.landmarks()
-    buckets = user_buckets(warehouse, config, features, closed_positions(features), max(landmarks))
+    positions = closed_positions(features)
+    buckets = user_buckets(warehouse, config, features, positions, max(landmarks))
+    beyond = _events_beyond(warehouse, config, names)
+    screened = screen_unjudged(
+        features,
+        first_hours_of(warehouse, features, positions, beyond, config, max(landmarks)),
+        landmarks,
+        config.critical_path,
+    )
     result = judge_events(
         features,
         buckets,
@@ -510,6 +558,7 @@ def critical_path(
         landmarks,
         config.observation_hours,
         config.critical_path,
+        screened=screened,
     )
     warehouse.replace_all(CRITICAL_PATH.name, table_to_arrow(result, CRITICAL_PATH.schema))
     overall = result[
@@ -532,9 +581,7 @@ def critical_path(
             "blockers": MetadataValue.json(by_class["blocker"]),
             "no_effect": MetadataValue.json(by_class["no_effect"]),
             "inconclusive": MetadataValue.json(by_class["inconclusive"]),
-            "events_beyond_max_events": MetadataValue.json(
-                _events_beyond(warehouse, config, names)
-            ),
+            "events_beyond_max_events": MetadataValue.json(beyond),
             "overall": MetadataValue.md(
                 overall[shown].round(3).to_markdown(index=False)
                 if len(overall)
@@ -551,8 +598,8 @@ def _events_beyond(
     fewer than `critical_path.min_users` users), so nobody wonders where they went."""
     events = warehouse.table(RAW_EVENTS.name)
     names = warehouse.execute(events.select("event_name").distinct()).event_name
-    skipped = set(names) - set(chosen) - set(config.aha_events)
-    return sorted(skipped)
+    skipped = set(names) - set(chosen) - set(config.aha_events) - set(config.terminal_events)
+    return sorted(str(name) for name in skipped if name is not None)
 
 
 @asset(

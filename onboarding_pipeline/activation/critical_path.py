@@ -162,10 +162,14 @@ def critical_path(
     main_landmark: int,
     rules: CriticalPathRules,
     seed: int = 0,
+    screened: pd.DataFrame | None = None,
     *,
     window_hours: int | None = None,
 ) -> pd.DataFrame:
     """Judge every event of `buckets.events` at every landmark (segments at the main one).
+
+    `screened` holds rows of events left out of the judgement (`screen_unjudged`): they join
+    the false-discovery family, as rows judged naively.
 
     `outcomes` is one row per user aligned with `buckets.user_ids` (signup_at, activation_at,
     label, window_closed, segments). `first_seen[event]` is when the event was first logged
@@ -225,6 +229,8 @@ def critical_path(
                 frames.append(
                     _judge(part, buckets, first_seen, rules, SEGMENT_REGRESSION_USERS, seed)
                 )
+    if screened is not None and len(screened):
+        frames.append(screened)
     if not frames:
         return empty_table()
     table = pd.concat(frames, ignore_index=True)
@@ -242,6 +248,57 @@ def critical_path(
     table["e_value_ci"] = np.where(table.classification == "driver", table.e_value_ci, np.nan)
     table.loc[table.classification != "prerequisite", "works_through"] = None
     return table[COLUMNS]
+
+
+BEYOND_MAX_EVENTS = "beyond critical_path.max_events"
+
+
+def screen_unjudged(
+    outcomes: pd.DataFrame,
+    first_hours: pd.DataFrame,
+    landmarks: list[int],
+    rules: CriticalPathRules,
+) -> pd.DataFrame:
+    """Naive rows for events left out of the model and the regressions (beyond `max_events`,
+    which keeps the most widespread), so that a rare event with a strong association, such as
+    a near-total blocker done by a few percent of users, is still seen and counted in the
+    false-discovery family. `first_hours`: `position` (row of `outcomes`), `event_name`,
+    `first_hour` (hours from signup). Only events with `min_users` users with and without
+    them in a population get a row; no adjusted effect, class `inconclusive`."""
+    outcomes = outcomes.reset_index(drop=True)
+    rows = []
+    note = (
+        f"{BEYOND_MAX_EVENTS} ({rules.max_events}): naive association only, not adjusted; "
+        "raise max_events to judge it"
+    )
+    for landmark in landmarks:
+        members = landmark_population(outcomes, landmark)
+        if members.sum() < 2 * rules.min_users:
+            continue
+        activated = outcomes.label.to_numpy() == 1
+        early = first_hours[first_hours.first_hour < landmark]
+        for event, part in early.groupby("event_name", sort=True):
+            did = np.zeros(len(outcomes), dtype=bool)
+            did[part.position.to_numpy(dtype=np.int64)] = True
+            did = did[members]
+            if min(did.sum(), (~did).sum()) < rules.min_users:
+                continue
+            row = naive_association(did, activated[members], rules)
+            row.update(
+                landmark_hours=landmark,
+                segment_type="overall",
+                segment="all",
+                event_name=str(event),
+                population_users=int(members.sum()),
+                not_judged=True,
+                note=note,
+            )
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in COLUMNS:
+        if column not in table.columns:
+            table[column] = np.nan if _dtype(column) is float else None
+    return table
 
 
 def empty_table() -> pd.DataFrame:

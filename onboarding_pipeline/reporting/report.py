@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from onboarding_pipeline.activation.critical_path import BEYOND_MAX_EVENTS
 from onboarding_pipeline.activation.model import ModelStore
 from onboarding_pipeline.config import ProductConfig
 from onboarding_pipeline.engagement.scoring import model_unlock_reason, scoring_mode
@@ -226,6 +227,7 @@ def gather_report(
         paths,
         settings.top_events,
         confirmed_events(experiments) if experiments is not None else set(),
+        alpha=config.critical_path.alpha,
     )
     if experiments is not None and len(experiments):
         data.step_experiments = _records(experiments)
@@ -327,10 +329,11 @@ def read_critical_path(
         return None
     landmark = ["landmark_hours"] if "landmark_hours" in columns else []
     through = ["works_through"] if "works_through" in columns else []
+    naive = [c for c in ("q_value", "note") if c in columns]
     frame = read_table(
         warehouse,
         "critical_path",
-        [*CRITICAL_PATH_SHOWN, effect, q_value, *landmark, *through],
+        [*CRITICAL_PATH_SHOWN, effect, q_value, *landmark, *through, *naive],
         tables,
     )
     if frame is None:
@@ -472,7 +475,7 @@ def _funnel(
 
 
 def _critical_path(
-    paths: pd.DataFrame | None, top: int, confirmed: set[str]
+    paths: pd.DataFrame | None, top: int, confirmed: set[str], alpha: float = 0.05
 ) -> dict[str, list[dict[str, Any]]] | None:
     """The classes to show; each row's `evidence` is `experiment` when the holdout confirmed
     a step with its event (`step_experiments`), else `observational`."""
@@ -500,7 +503,17 @@ def _critical_path(
         rows = overall[overall.classification == kind].sort_values(by, ascending=ascending)
         return _records(rows[shown].head(top))
 
+    # Events beyond `max_events` are only screened (naive rates): the strongly associated
+    # ones are listed apart, so a rare blocker left out of the model is not silently missing.
+    empty = pd.Series(np.nan, index=overall.index)
+    beyond = overall.get("note", empty).astype(str).str.startswith(BEYOND_MAX_EVENTS)
+    naive_q = pd.to_numeric(overall.get("q_value", empty), errors="coerce")
+    screened = overall[beyond & (naive_q < alpha)]
+    with np.errstate(divide="ignore"):
+        strength = np.abs(np.log(pd.to_numeric(screened.lift, errors="coerce").astype(float)))
+    screened = screened.assign(_strength=strength).sort_values("_strength", ascending=False)
     return {
+        "not_judged": _records(screened[[c for c in shown if c in screened]].head(top)),
         "drivers": pick("driver", "adjusted_effect", ascending=False),
         "prerequisites": pick("prerequisite", "adjusted_effect", ascending=False),
         "vanity": pick("vanity", "lift", ascending=False),
